@@ -1,0 +1,14 @@
+"""GPU kernels with pure-PyTorch reference paths, shipped as ``dna_mamba.kernels``.
+
+Each op is a subpackage ``dna_mamba.kernels.<op>`` holding a function of the same name. Binding the function
+here replaces the package attribute of that name, so ``from dna_mamba.kernels import selective_scan`` gives the
+function; the subpackage stays importable by its full name (``from dna_mamba.kernels.selective_scan.interface
+import ...``, ``from dna_mamba.kernels.selective_scan import selective_scan_ref``) because imports of dotted
+names go through ``sys.modules``. Only ``import dna_mamba.kernels.selective_scan.interface as m`` (which walks
+attributes) no longer resolves; write ``from dna_mamba.kernels.selective_scan import interface as m`` instead.
+"""
+
+from .causal_conv1d.interface import causal_conv1d  # noqa: I001 - rebinding after the subpackage import is the point
+from .selective_scan.interface import selective_scan  # noqa: I001 - rebinding after the subpackage import is the point
+
+__all__ = ["causal_conv1d", "selective_scan"]

@@ -1,0 +1,335 @@
+"""Public causal depthwise conv1d: argument checks, backend dispatch and the Triton autograd Function."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+
+import torch
+
+from .reference import causal_conv1d_ref
+
+logger = logging.getLogger(__name__)
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_ACTIVATIONS = (None, "silu")
+_BACKENDS = ("auto", "triton", "reference")
+
+# Debug hook: when True, every buffer the Triton path returns or reduces starts out as NaN, so an
+# element a kernel forgot to write fails any comparison. Tests switch it on; it costs a fill per buffer.
+POISON_OUTPUTS = False
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Causal depthwise conv1d with fused bias, optional SiLU and a carried state.
+
+    ``out[b, d, t] = bias[d] + sum_{k<width} weight[d, k] * xpad[b, d, t + k]`` where
+    ``xpad = concat(initial_state, x)`` along the sequence (zeros when ``initial_state`` is None),
+    then SiLU if ``activation == "silu"``. Accumulation is fp32; outputs are in ``x.dtype``.
+    Gradients reach ``x``, ``weight``, ``bias`` and ``initial_state``, including through the final
+    state, so segments of one sequence processed one after another backpropagate exactly.
+
+    ``x`` may have any strides. The channel slice of a (batch, L, 2 * dim) projection, transposed
+    (stride 1 along dim), is read in place, and ``out`` and the gradient of ``x`` then get that
+    channels-last layout too, so writes stay coalesced.
+
+    Args:
+        x: Input, fp32, fp16 or bf16.
+        weight: Filter taps, width 2 to 4; tap ``width - 1`` multiplies the current position.
+        bias: Optional per-channel bias.
+        activation: ``None`` or ``"silu"``.
+        initial_state: The last ``width - 1`` inputs of the previous segment, or None for zeros.
+        return_final_state: Also return the state to pass as ``initial_state`` to the next segment.
+        backend: ``"auto"`` (Triton for CUDA tensors, the PyTorch reference otherwise), ``"triton"``
+            (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``) or ``"reference"``.
+
+    Returns:
+        ``out``, or ``(out, final_state)`` when ``return_final_state``.
+
+    Raises:
+        ValueError: On a wrong rank, shape, dtype, device, activation or backend, before any launch.
+
+    Shapes:
+        x: (batch, dim, L)
+        weight: (dim, width), width in 2..4
+        bias: (dim,)
+        initial_state: (batch, dim, width - 1)
+        out: (batch, dim, L), x.dtype
+        final_state: (batch, dim, width - 1), x.dtype; the last width - 1 entries of xpad, so it is
+            defined for L < width - 1 too (on the Triton path, in x's memory order)
+    """
+    _check_args(x, weight, bias, activation, initial_state, backend)
+    if _use_triton(x, backend):
+        return _CausalConv1dFn.apply(x, weight, bias, initial_state, activation == "silu", return_final_state)
+    return causal_conv1d_ref(x, weight, bias, activation, initial_state, return_final_state)
+
+
+def _check_args(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    activation: str | None,
+    initial_state: torch.Tensor | None,
+    backend: str,
+) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be a (batch, dim, L) tensor, got shape {_shape(x)}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError(f"weight must be a (dim, width) tensor, got shape {_shape(weight)}")
+    batch, dim, _ = x.shape
+    width = weight.shape[1]
+    if not 2 <= width <= 4:
+        raise ValueError(f"weight width must be in 2..4, got weight shape {tuple(weight.shape)}")
+    if weight.shape[0] != dim:
+        raise ValueError(f"weight shape {tuple(weight.shape)} does not match dim {dim} of x shape {tuple(x.shape)}")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (dim,)):
+        raise ValueError(f"bias must have shape ({dim},) for x shape {tuple(x.shape)}, got {_shape(bias)}")
+    if initial_state is not None:
+        expected = (batch, dim, width - 1)
+        if not isinstance(initial_state, torch.Tensor) or tuple(initial_state.shape) != expected:
+            raise ValueError(
+                f"initial_state must have shape {expected} (batch, dim, width - 1) for x shape {tuple(x.shape)} "
+                f"and weight shape {tuple(weight.shape)}, got {_shape(initial_state)}"
+            )
+    named = {"x": x, "weight": weight, "bias": bias, "initial_state": initial_state}
+    for name, tensor in named.items():
+        if tensor is not None and tensor.dtype not in _FLOAT_DTYPES:
+            raise ValueError(
+                f"{name} must be float32, float16 or bfloat16, got {tensor.dtype} (shape {_shape(tensor)})"
+            )
+        if tensor is not None and tensor.device != x.device:
+            raise ValueError(f"{name} is on {tensor.device} (shape {_shape(tensor)}) but x is on {x.device}")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), x is on {x.device}")
+
+
+def _shape(value: object) -> object:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+@functools.cache
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401  (probe only)
+    except ImportError:
+        return False
+    return True
+
+
+_warned_fallback = False
+
+
+def _use_triton(x: torch.Tensor, backend: str) -> bool:
+    global _warned_fallback
+    if backend == "reference" or x.numel() == 0:
+        # Empty inputs would need zero-sized grids; the reference handles them exactly.
+        return False
+    if backend == "triton":
+        return True
+    if x.is_cuda and _triton_available():
+        return True
+    if not _warned_fallback:
+        _warned_fallback = True
+        reason = "Triton is not installed" if x.is_cuda else f"x is on {x.device}"
+        logger.info("causal_conv1d: using the PyTorch reference because %s", reason)
+    return False
+
+
+def _new_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """True for the (batch, L, dim)-major layout the model produces by transposing its projection."""
+    return x.stride(1) == 1 and x.stride(2) != 1
+
+
+def _buffer_like_layout(x: torch.Tensor) -> torch.Tensor:
+    """A (batch, dim, L) buffer in x's dtype whose memory order follows x, so tiles store coalesced."""
+    batch, dim, seqlen = x.shape
+    if _is_channels_last(x):
+        return _new_buffer((batch, seqlen, dim), x.dtype, x.device).transpose(1, 2)
+    return _new_buffer((batch, dim, seqlen), x.dtype, x.device)
+
+
+def _state_in_layout_of(x: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor | None:
+    """A (batch, dim, width - 1) state in x's memory order, copying at most width - 1 values per channel.
+
+    The kernels load state and x tiles into one register layout; Triton derives a load's layout from
+    which stride is 1, so a state laid out unlike x would cost a layout conversion in every tile.
+    """
+    if state is None:
+        return None
+    if _is_channels_last(x):
+        return state.transpose(1, 2).contiguous().transpose(1, 2)
+    return state.contiguous()
+
+
+def _state_buffer(x: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """A new (batch, dim, width - 1) buffer in x's memory order (see _state_in_layout_of)."""
+    batch, dim, _ = x.shape
+    if _is_channels_last(x):
+        return _new_buffer((batch, width - 1, dim), dtype, x.device).transpose(1, 2)
+    return _new_buffer((batch, dim, width - 1), dtype, x.device)
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+# Block sizes by memory layout (a fixed table: no autotuning over 1M-long buffers). Forward tiles hold
+# 4096 elements; backward tiles 1024 or 512, because the backward keeps about a dozen tiles live
+# (dweight partials, the recomputed pre-activation) and larger ones spill registers on sm_90 (ptxas -v).
+# Channels-last puts 64 channels (128 bytes of bf16) along the contiguous axis; sequence-contiguous
+# puts the long axis there. BLOCK_D is capped at the channel count rounded up to a power of two.
+GPU_TILES = {
+    "channels_last": {"BLOCK_D": 64, "BLOCK_L_FWD": 64, "BLOCK_L_BWD": 16, "num_warps": 4},
+    "sequence_contiguous": {"BLOCK_D": 8, "BLOCK_L_FWD": 512, "BLOCK_L_BWD": 64, "num_warps": 4},
+}
+# Under the CPU interpreter each tile operation costs about the same whatever its size, so longer
+# tiles keep the test suite fast; the kernel code is the same.
+INTERPRETER_TILES = {"BLOCK_D": 16, "BLOCK_L_FWD": 128, "BLOCK_L_BWD": 128, "num_warps": 4}
+
+
+def _tile_config(x: torch.Tensor) -> dict[str, int]:
+    if not x.is_cuda:
+        cfg = INTERPRETER_TILES
+    else:
+        cfg = GPU_TILES["channels_last" if _is_channels_last(x) else "sequence_contiguous"]
+    return {**cfg, "BLOCK_D": min(cfg["BLOCK_D"], _next_power_of_2(x.shape[1]))}
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _chunk_length(padded_len: int, block_l: int, programs_per_chunk: int, device: torch.device) -> int:
+    """Positions per backward program: long enough to amortise the dweight partial rows (at most 32
+    tiles each), short enough to give every SM about 8 programs."""
+    tiles = -(-padded_len // block_l)
+    wanted_chunks = -(-8 * _sm_count(device) // programs_per_chunk)
+    tiles_per_chunk = max(1, min(32, tiles // wanted_chunks))
+    return tiles_per_chunk * block_l
+
+
+def _state_strides(state: torch.Tensor | None) -> tuple[int, int, int]:
+    return (0, 0, 0) if state is None else state.stride()
+
+
+def _forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    silu: bool,
+    return_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from .triton import _causal_conv1d_fwd_kernel
+
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    cfg = _tile_config(x)
+    out = _buffer_like_layout(x)
+    initial_state = _state_in_layout_of(x, initial_state)
+    final_state = _state_buffer(x, width, x.dtype) if return_final_state else None
+    grid = (-(-seqlen // cfg["BLOCK_L_FWD"]), -(-dim // cfg["BLOCK_D"]), batch)
+    # Absent optional tensors are replaced by x as a never-dereferenced placeholder pointer.
+    _causal_conv1d_fwd_kernel[grid](
+        x, weight, x if bias is None else bias, x if initial_state is None else initial_state,
+        out, out if final_state is None else final_state,
+        seqlen, dim,
+        *x.stride(), *weight.stride(), 0 if bias is None else bias.stride(0),
+        *_state_strides(initial_state), *out.stride(), *_state_strides(final_state),
+        WIDTH=width, HAS_BIAS=bias is not None, HAS_INITIAL_STATE=initial_state is not None,
+        HAS_FINAL_STATE=final_state is not None, SILU=silu,
+        BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L_FWD"], num_warps=cfg["num_warps"],
+    )  # fmt: skip
+    return out, final_state
+
+
+def _backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    dout: torch.Tensor,
+    dfinal_state: torch.Tensor | None,
+    silu: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    from .triton import _causal_conv1d_bwd_kernel
+
+    batch, dim, seqlen = x.shape
+    width = weight.shape[1]
+    cfg = _tile_config(x)
+    block_l = cfg["BLOCK_L_BWD"]
+    n_dblocks = -(-dim // cfg["BLOCK_D"])
+    padded_len = seqlen + width - 1
+    chunk_len = _chunk_length(padded_len, block_l, n_dblocks * batch, x.device)
+    n_chunks = -(-padded_len // chunk_len)
+
+    dx = _buffer_like_layout(x)
+    initial_state = _state_in_layout_of(x, initial_state)
+    dfinal_state = _state_in_layout_of(x, dfinal_state)
+    dstate = None if initial_state is None else _state_buffer(x, width, initial_state.dtype)
+    dweight_partial = _new_buffer((batch * n_chunks, dim, width), torch.float32, x.device)
+    dbias_partial = _new_buffer((batch * n_chunks, dim), torch.float32, x.device)
+    _causal_conv1d_bwd_kernel[(n_chunks, n_dblocks, batch)](
+        x, weight, x if bias is None else bias, x if initial_state is None else initial_state,
+        dout, dout if dfinal_state is None else dfinal_state, dx, dx if dstate is None else dstate,
+        dweight_partial, dbias_partial,
+        seqlen, dim, n_chunks, chunk_len,
+        *x.stride(), *weight.stride(), 0 if bias is None else bias.stride(0),
+        *_state_strides(initial_state), *dout.stride(), *_state_strides(dfinal_state),
+        *dx.stride(), *_state_strides(dstate),
+        WIDTH=width, HAS_BIAS=bias is not None, HAS_INITIAL_STATE=initial_state is not None,
+        HAS_DFINAL_STATE=dfinal_state is not None, SILU=silu,
+        BLOCK_D=cfg["BLOCK_D"], BLOCK_L=block_l, num_warps=cfg["num_warps"],
+    )  # fmt: skip
+    # A plain sum over the partial rows: fixed order, so dweight and dbias are bitwise reproducible.
+    dweight = dweight_partial.sum(dim=0).to(weight.dtype)
+    dbias = None if bias is None else dbias_partial.sum(dim=0).to(bias.dtype)
+    return dx, dweight, dbias, dstate
+
+
+class _CausalConv1dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, initial_state, silu, return_final_state):
+        with _device_guard(x):
+            out, final_state = _forward(x, weight, bias, initial_state, silu, return_final_state)
+        # x is saved as the caller's (possibly strided) view; the backward recomputes the pre-activation from it.
+        ctx.save_for_backward(x, weight, bias, initial_state)
+        ctx.silu = silu
+        if return_final_state:
+            return out, final_state
+        return out
+
+    @staticmethod
+    def backward(ctx, dout, dfinal_state=None):
+        x, weight, bias, initial_state = ctx.saved_tensors
+        with _device_guard(x):
+            dx, dweight, dbias, dstate = _backward(x, weight, bias, initial_state, dout, dfinal_state, ctx.silu)
+        return dx, dweight, dbias, dstate, None, None
+
+
+def _device_guard(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device; make it x's (no-op for CPU interpreter runs)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
