@@ -1,0 +1,104 @@
+"""The ``dna-mamba`` command: one entry point with subcommands.
+
+    dna-mamba prepare GENOME.fa.gz --out STORE      FASTA -> token store
+    dna-mamba train [hydra overrides]               pretrain (same as python -m dna_mamba.train)
+    dna-mamba export RUN/checkpoints/last.ckpt --out MODEL_DIR
+    dna-mamba info MODEL_DIR                        what a saved model is
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dna_mamba.errors import report_user_errors
+
+
+def _cmd_prepare(argv: list[str]) -> int:
+    from dna_mamba.data.prepare import main as prepare_main
+
+    return prepare_main(argv) or 0
+
+
+def _cmd_train(argv: list[str]) -> int:
+    from dna_mamba import train
+
+    sys.argv = ["dna-mamba train", *argv]
+    train.main()
+    return 0
+
+
+def _cmd_export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dna-mamba export",
+        description="Export the model of a Lightning checkpoint as a directory that from_pretrained() loads "
+        "(config.json + model.safetensors).",
+    )
+    parser.add_argument("checkpoint", help="a .ckpt written by dna-mamba train (e.g. RUN/checkpoints/last.ckpt)")
+    parser.add_argument("--out", required=True, help="output directory (replaced atomically if it exists)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = parser.parse_args(argv)
+    from dna_mamba.export import export_checkpoint
+
+    with report_user_errors(args.debug):
+        out = export_checkpoint(args.checkpoint, args.out)
+    print(f"exported {args.checkpoint} -> {out}")
+    return 0
+
+
+def _cmd_info(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dna-mamba info", description="Describe a saved dna_mamba model.")
+    parser.add_argument("model", help="a directory written by save_pretrained / dna-mamba export")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    args = parser.parse_args(argv)
+    from dna_mamba.model.io import read_config
+
+    with report_user_errors(args.debug):
+        config, metadata = read_config(args.model)
+    from dna_mamba.model import DnaMambaLM
+
+    n_params = DnaMambaLM(config).num_parameters()
+    print(f"{args.model}: {n_params:,} parameters, {config.n_layer} Mamba blocks of d_model {config.d_model}, "
+          f"d_state {config.d_state}")
+    for key, value in metadata.items():
+        if not isinstance(value, dict):
+            print(f"  {key}: {value}")
+    return 0
+
+
+COMMANDS = {
+    "prepare": (_cmd_prepare, "FASTA (plain, gzip, bgzip) -> memory-mapped token store"),
+    "train": (_cmd_train, "pretrain a model (Hydra overrides, e.g. context=8k model=1.4m trainer=gpu)"),
+    "export": (_cmd_export, "Lightning checkpoint -> from_pretrained directory"),
+    "info": (_cmd_info, "describe a saved model"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dna-mamba",
+        description="Single-nucleotide Mamba language models for DNA.",
+        epilog="Run 'dna-mamba COMMAND --help' for a command's options. For train, see "
+        "'dna-mamba train --help' (Hydra) and the README.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        parser.error(f"unknown command {command!r}; choose from {', '.join(COMMANDS)}")
+    return COMMANDS[command][0](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

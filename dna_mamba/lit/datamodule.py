@@ -1,0 +1,149 @@
+"""A LightningDataModule over a genome store: windows of a fixed context for train / val / test."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from dna_mamba.data.splits import Split, split_by_contigs, split_by_files, split_by_fraction
+from dna_mamba.data.store import GenomeStore, cached_store
+from dna_mamba.data.windows import WindowDataset, plan_windows
+
+EMBEDDED_ECOLI = "embedded:ecoli"
+
+
+def embedded_genome_path() -> Path:
+    """The E. coli K-12 MG1655 genome shipped inside the package (the default training data)."""
+    return Path(str(resources.files("dna_mamba.resources") / "ecoli_K12_MG1655.fa.gz"))
+
+
+@dataclass
+class GenomeDataConfig:
+    """Which genome to read and how to split it into training and evaluation windows."""
+
+    fasta: list[str] = field(default_factory=lambda: [EMBEDDED_ECOLI])  # FASTA files, or "embedded:ecoli"
+    split: str = "fraction"  # "fraction" (tail of each contig held out), "contigs", or "files"
+    val_fraction: float = 0.05
+    test_fraction: float = 0.0
+    val_contigs: list[str] = field(default_factory=list)  # split="contigs"
+    test_contigs: list[str] = field(default_factory=list)
+    val_fasta: list[str] = field(default_factory=list)  # split="files": separate genomes for validation
+    segment_length: int | None = None  # sub-segments that windows tile; None: whole segments
+    max_n_fraction: float = 0.1  # windows with more N than this are skipped
+    pad: bool = False  # N-pad windows longer than a contig instead of failing
+    rc_prob: float = 0.5  # reverse-complement augmentation probability for training windows
+    max_val_windows: int | None = 256  # evaluation cost cap: an evenly spaced subset of validation windows
+    num_workers: int = 0
+    cache_dir: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fasta, str):
+            self.fasta = [self.fasta]
+        self.fasta, self.val_contigs, self.test_contigs, self.val_fasta = (
+            list(self.fasta), list(self.val_contigs), list(self.test_contigs), list(self.val_fasta)
+        )
+        if not self.fasta:
+            raise ValueError("data.fasta needs at least one FASTA file")
+        if self.split not in ("fraction", "contigs", "files"):
+            raise ValueError(f"data.split must be 'fraction', 'contigs' or 'files', got {self.split!r}")
+        if self.split == "files" and not self.val_fasta:
+            raise ValueError("data.split='files' needs data.val_fasta")
+        if self.split == "contigs" and not self.val_contigs:
+            raise ValueError("data.split='contigs' needs data.val_contigs")
+        if not 0 <= self.rc_prob <= 1:
+            raise ValueError(f"data.rc_prob must be in [0, 1], got {self.rc_prob}")
+
+    def resolved_fasta(self, paths: list[str]) -> list[Path]:
+        return [embedded_genome_path() if p == EMBEDDED_ECOLI else Path(p).expanduser() for p in paths]
+
+
+class GenomeDataModule(L.LightningDataModule):
+    def __init__(self, config: GenomeDataConfig, seq_len: int, batch_size: int, progress: bool = True):
+        super().__init__()
+        if seq_len < 2:
+            raise ValueError(f"seq_len must be at least 2 for next-token training, got {seq_len}")
+        self.config = config
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.progress = progress
+        self.datasets: dict[str, WindowDataset] = {}
+        self.split: Split | None = None
+
+    def prepare_data(self) -> None:
+        # Builds (or reuses) the token stores once, on one process.
+        for path in self._all_fasta():
+            cached_store([path], cache_dir=self.config.cache_dir, progress=self.progress)
+
+    def _all_fasta(self) -> list[Path]:
+        cfg = self.config
+        return cfg.resolved_fasta(cfg.fasta) + cfg.resolved_fasta(cfg.val_fasta)
+
+    def _store(self, paths: list[Path]) -> GenomeStore:
+        return cached_store(paths, cache_dir=self.config.cache_dir, progress=False)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        cfg = self.config
+        store = self._store(cfg.resolved_fasta(cfg.fasta))
+        if cfg.split == "fraction":
+            split = split_by_fraction(store, cfg.val_fraction, cfg.test_fraction)
+        elif cfg.split == "contigs":
+            split = split_by_contigs(store, val=cfg.val_contigs, test=cfg.test_contigs)
+        else:
+            split = split_by_files(store, val=self._store(cfg.resolved_fasta(cfg.val_fasta)))
+        self.split: Split = split
+        for name in ("train", "val", "test"):
+            segments = split[name]
+            if not segments:
+                continue
+            windows = plan_windows(
+                split.store(name), segments, self.seq_len, max_n_fraction=cfg.max_n_fraction,
+                segment_length=cfg.segment_length, pad=cfg.pad,
+            )
+            if name != "train" and cfg.max_val_windows is not None and len(windows) > cfg.max_val_windows:
+                keep = np.linspace(0, len(windows) - 1, cfg.max_val_windows).round().astype(np.int64)
+                windows = windows[keep]
+            if len(windows) == 0:
+                raise ValueError(
+                    f"no {name} windows of length {self.seq_len}: segments too short or too many N "
+                    f"(data.max_n_fraction={cfg.max_n_fraction}); lower the context or set data.pad=true"
+                )
+            rc_prob = cfg.rc_prob if name == "train" else 0.0
+            self.datasets[name] = WindowDataset(
+                split.store(name), windows, self.seq_len, reverse_complement_prob=rc_prob, seed=cfg.seed
+            )
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[name]
+        sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Each rank sees a disjoint shard of the windows; Lightning calls set_epoch on it.
+            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=self.config.seed, drop_last=shuffle)
+            shuffle = False
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.config.num_workers,
+            drop_last=name == "train" and len(dataset) >= self.batch_size,
+            persistent_workers=self.config.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test" if "test" in self.datasets else "val", shuffle=False)

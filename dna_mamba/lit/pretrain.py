@@ -1,0 +1,132 @@
+"""Next-token pretraining of a DnaMambaLM as a LightningModule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from dna_mamba.model import DnaMambaConfig, DnaMambaLM
+from dna_mamba.tokenizer import N
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a cosine schedule, as in the Mamba paper's DNA pretraining."""
+
+    lr: float = 8e-3  # the paper's rate for its small DNA models
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_fraction: float = 0.1  # of the total optimizer steps
+    min_lr_fraction: float = 0.1  # the cosine ends at this fraction of lr
+    max_bad_steps: int = 5  # consecutive non-finite losses before training stops
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0 <= self.min_lr_fraction <= 1:
+            raise ValueError(f"optim.min_lr_fraction must be in [0, 1], got {self.min_lr_fraction}")
+        if self.max_bad_steps < 1:
+            raise ValueError(f"optim.max_bad_steps must be at least 1, got {self.max_bad_steps}")
+
+
+def next_token_targets(tokens: torch.Tensor) -> torch.Tensor:
+    """Targets for positions 0..L-2: the next token, with N targets ignored (-100).
+
+    Every position whose target is A/C/G/T counts, the same positions the Markov baseline scores.
+    """
+    targets = tokens[:, 1:].long().clone()  # (B, L - 1)
+    targets[targets >= N] = -100
+    return targets
+
+
+def lm_nll_sum(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed natural-log NLL over scored positions, and their count. Shapes: logits (B, L, V), tokens (B, L)."""
+    targets = next_token_targets(tokens)
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+    return nll, (targets != -100).sum()
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced too many non-finite losses in a row."""
+
+
+class PretrainModule(L.LightningModule):
+    def __init__(self, model_config: DnaMambaConfig | dict, optim: OptimConfig | dict | None = None):
+        super().__init__()
+        if isinstance(model_config, dict):
+            model_config = DnaMambaConfig.from_dict(model_config)
+        if optim is None or isinstance(optim, dict):
+            optim = OptimConfig(**(optim or {}))
+        # Plain dicts in hparams: checkpoints stay loadable without pickled dataclasses.
+        self.save_hyperparameters({"model_config": model_config.to_dict(), "optim": vars(optim)})
+        self.model = DnaMambaLM(model_config)
+        self.optim = optim
+        self._bad_steps = 0
+        self._val_nll = 0.0
+        self._val_count = 0
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens).logits
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int):
+        logits = self.model(batch).logits
+        nll, count = lm_nll_sum(logits, batch)
+        loss = nll / count.clamp(min=1)
+        if not torch.isfinite(loss):
+            # Returning None makes Lightning skip this optimizer step; the last good checkpoint stays on disk.
+            self._bad_steps += 1
+            self.log("train/skipped_steps", float(self._bad_steps))
+            print(f"warning: non-finite loss at step {self.global_step}; step skipped ({self._bad_steps} in a row)")
+            if self._bad_steps >= self.optim.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"{self._bad_steps} non-finite losses in a row at step {self.global_step}: stopping. "
+                    "Lower optim.lr or check the data; the last checkpoint is intact."
+                )
+            return None
+        self._bad_steps = 0
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/bits_per_base", loss / LN2)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_nll, self._val_count = 0.0, 0
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        nll, count = lm_nll_sum(self.model(batch).logits, batch)
+        self._val_nll += float(nll)
+        self._val_count += int(count)
+
+    def on_validation_epoch_end(self) -> None:
+        totals = torch.tensor([self._val_nll, float(self._val_count)], dtype=torch.float64, device=self.device)
+        totals = self.all_gather(totals).reshape(-1, 2).sum(0) if self.trainer.world_size > 1 else totals
+        loss = (totals[0] / totals[1].clamp(min=1)).float()
+        # sync_dist is not needed: the totals are already gathered across ranks.
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/bits_per_base", loss / LN2, prog_bar=True)
+
+    def configure_optimizers(self):
+        opt = self.optim
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(
+            self.model.param_groups(opt.weight_decay), lr=opt.lr, betas=(opt.beta1, opt.beta2), fused=fused
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(opt.warmup_fraction * total)
+
+        def lr_lambda(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return opt.min_lr_fraction + (1 - opt.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

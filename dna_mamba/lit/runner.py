@@ -1,0 +1,234 @@
+"""The pretraining run as a library call: data, model, Lightning trainer, evaluation, export, plots.
+
+``dna_mamba.train`` (Hydra) builds these dataclasses from the command line; notebooks can call
+:func:`run_pretraining` directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from dna_mamba.lit.callbacks import EpochSeeder, ThroughputMonitor
+from dna_mamba.lit.checkpoint_io import AtomicCheckpointIO
+from dna_mamba.lit.datamodule import GenomeDataConfig, GenomeDataModule
+from dna_mamba.lit.plots import plot_training_curves
+from dna_mamba.lit.pretrain import OptimConfig, PretrainModule
+from dna_mamba.model import DnaMambaConfig, save_pretrained
+
+
+@dataclass
+class BatchPlan:
+    """How a context length becomes micro-batches: tokens per optimizer step stay constant across contexts."""
+
+    seq_len: int
+    tokens_per_step: int  # target tokens per optimizer step (all devices together)
+    micro_batch_tokens: int  # what one device processes per forward/backward
+    devices: int = 1
+    batch_size: int = field(init=False)
+    accumulate_grad_batches: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "tokens_per_step", "micro_batch_tokens", "devices"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.batch_size = max(1, self.micro_batch_tokens // self.seq_len)
+        per_pass = self.batch_size * self.seq_len * self.devices
+        self.accumulate_grad_batches = max(1, round(self.tokens_per_step / per_pass))
+
+    @property
+    def effective_tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.devices * self.accumulate_grad_batches
+
+
+@dataclass
+class TrainerConfig:
+    """The subset of Lightning Trainer options a run needs, plus where it writes."""
+
+    out_dir: str = "runs/default"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_steps: int = 1000
+    max_time: str | None = None  # "DD:HH:MM:SS": a safety net; the schedule is planned on max_steps
+    val_check_interval: int = 100  # training batches between validations
+    log_every_n_steps: int = 10
+    gradient_clip_val: float = 1.0
+    checkpoint_every_n_steps: int = 100
+    num_sanity_val_steps: int = 0
+    fast_dev_run: bool = False
+    enable_progress_bar: bool = True
+    limit_val_batches: int | float | None = None
+    deterministic: bool = False
+
+
+def _resolve_resume(resume: str | None, out_dir: Path) -> str | None:
+    if resume in (None, "", "none", "null"):
+        return None
+    if resume == "auto":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"{resume}: checkpoint to resume from not found")
+    return resume
+
+
+def load_initial_weights(module: PretrainModule, init_from: str) -> None:
+    """Copy weights from a saved model directory or a Lightning checkpoint into ``module.model``."""
+    path = Path(init_from)
+    if path.is_dir():
+        from dna_mamba.model import load_pretrained
+
+        source = load_pretrained(path)
+        state = source.state_dict()
+    elif path.is_file():
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    else:
+        raise FileNotFoundError(f"{init_from}: neither a saved model directory nor a checkpoint file")
+    module.model.load_state_dict(state, strict=True)
+
+
+def markov_baseline_bits(datamodule: GenomeDataModule) -> dict:
+    """Bits/base of an order-k Markov model fit on the training segments, on the same validation windows."""
+    from dna_mamba.baselines import markov_baseline
+
+    split = datamodule.split
+    val = datamodule.datasets["val"]
+    result = markov_baseline(split.store("train"), split["train"], split.store("val"), val.windows,
+                             datamodule.seq_len)
+    return {"order": result.order, "bits_per_base": result.bits_per_base, "positions": result.scored_positions}
+
+
+def run_pretraining(
+    model_config: DnaMambaConfig,
+    data_config: GenomeDataConfig,
+    optim_config: OptimConfig,
+    trainer_config: TrainerConfig,
+    plan: BatchPlan,
+    *,
+    seed: int = 0,
+    resume: str | None = None,
+    init_from: str | None = None,
+    run_baseline: bool = True,
+    export: bool = True,
+) -> dict:
+    """Pretrain, evaluate, compare with the Markov baseline, plot, and export. Returns the summary dict."""
+    out_dir = Path(trainer_config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")
+
+    datamodule = GenomeDataModule(data_config, seq_len=plan.seq_len, batch_size=plan.batch_size,
+                                  progress=trainer_config.enable_progress_bar)
+    module = PretrainModule(model_config, optim_config)
+    if init_from:
+        load_initial_weights(module, init_from)
+
+    checkpoint = ModelCheckpoint(
+        dirpath=out_dir / "checkpoints",
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        save_last=True,
+        every_n_train_steps=trainer_config.checkpoint_every_n_steps,
+        save_top_k=1,
+        monitor="val/bits_per_base",
+        mode="min",
+    )
+    loggers = [CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")]
+    trainer = L.Trainer(
+        default_root_dir=out_dir,
+        accelerator=trainer_config.accelerator,
+        devices=trainer_config.devices,
+        strategy=trainer_config.strategy,
+        precision=trainer_config.precision,
+        max_steps=trainer_config.max_steps,
+        max_time=trainer_config.max_time,
+        val_check_interval=min(trainer_config.val_check_interval, 10**9),
+        check_val_every_n_epoch=None,
+        log_every_n_steps=trainer_config.log_every_n_steps,
+        gradient_clip_val=trainer_config.gradient_clip_val,
+        accumulate_grad_batches=plan.accumulate_grad_batches,
+        num_sanity_val_steps=trainer_config.num_sanity_val_steps,
+        fast_dev_run=trainer_config.fast_dev_run,
+        enable_progress_bar=trainer_config.enable_progress_bar,
+        limit_val_batches=trainer_config.limit_val_batches,
+        deterministic=trainer_config.deterministic,
+        callbacks=[checkpoint, EpochSeeder(), ThroughputMonitor(every_n_steps=trainer_config.log_every_n_steps),
+                   LearningRateMonitor(logging_interval="step")],
+        logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+    )
+    n_params = module.model.num_parameters()
+    print(
+        f"model: {n_params / 1e6:.2f}M parameters ({model_config.n_layer} blocks x d_model {model_config.d_model}); "
+        f"context {plan.seq_len:,}; batch {plan.batch_size} x accumulate {plan.accumulate_grad_batches} x "
+        f"{plan.devices} device(s) = {plan.effective_tokens_per_step:,} tokens/step"
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_resume(resume, out_dir))
+    train_seconds = time.perf_counter() - start
+
+    summary: dict = {
+        "parameters": n_params,
+        "seq_len": plan.seq_len,
+        "tokens_per_step": plan.effective_tokens_per_step,
+        "global_step": trainer.global_step,
+        "train_seconds": round(train_seconds, 1),
+    }
+    if trainer_config.fast_dev_run:
+        return summary
+
+    results = trainer.validate(module, datamodule=datamodule, verbose=False)
+    summary["val_bits_per_base"] = float(results[0]["val/bits_per_base"]) if results else float("nan")
+    if run_baseline and trainer.is_global_zero:
+        baseline = markov_baseline_bits(datamodule)
+        summary["markov_order"] = baseline["order"]
+        summary["markov_bits_per_base"] = baseline["bits_per_base"]
+    if trainer.is_global_zero:
+        metrics_csv = out_dir / "logs" / "metrics.csv"
+        if metrics_csv.is_file():
+            summary["curves_png"] = str(
+                plot_training_curves(metrics_csv, out_dir / "curves.png", summary.get("markov_bits_per_base"),
+                                     f"order-{summary.get('markov_order')} Markov")
+            )
+        if export:
+            module.model.float()
+            model_dir = save_pretrained(module.model, out_dir / "model", extra_metadata={
+                "val_bits_per_base": summary["val_bits_per_base"], "global_step": trainer.global_step,
+                "data": asdict(data_config), "seq_len": plan.seq_len,
+            })
+            summary["model_dir"] = str(model_dir)
+        tmp = out_dir / f".summary.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, out_dir / "summary.json")
+        _print_summary(summary)
+    return summary
+
+
+def _print_summary(summary: dict) -> None:
+    rows = [
+        ("validation bits/base (model)", f"{summary['val_bits_per_base']:.4f}"),
+    ]
+    if "markov_bits_per_base" in summary:
+        rows.append((f"validation bits/base (order-{summary['markov_order']} Markov)",
+                     f"{summary['markov_bits_per_base']:.4f}"))
+    rows += [
+        ("optimizer steps", str(summary["global_step"])),
+        ("training time", f"{summary['train_seconds']:.0f} s"),
+    ]
+    if "model_dir" in summary:
+        rows.append(("exported model", summary["model_dir"]))
+    if "curves_png" in summary:
+        rows.append(("training curves", summary["curves_png"]))
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))

@@ -1,0 +1,91 @@
+"""Hydra entry point for pretraining: ``python -m dna_mamba.train [overrides]``.
+
+Hydra lives here and in ``cli.py`` only; everything below ``run_from_config`` takes plain dataclasses.
+Errors the user can fix (a missing file, a malformed FASTA, a bad setting) print one line and exit 1;
+``--debug``, ``debug=true`` or ``HYDRA_FULL_ERROR=1`` show the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from dna_mamba.errors import report_user_errors
+
+CONFIG_PATH = "pkg://dna_mamba.conf"
+
+
+def build_configs(cfg: DictConfig):
+    """Dataclass configs of the library from a composed Hydra config."""
+    from dna_mamba.lit.datamodule import GenomeDataConfig
+    from dna_mamba.lit.pretrain import OptimConfig
+    from dna_mamba.lit.runner import BatchPlan, TrainerConfig
+    from dna_mamba.model import DnaMambaConfig
+
+    model, data, trainer, optim = (_plain(cfg, key) for key in ("model", "data", "trainer", "optim"))
+    tokens_per_step = trainer.pop("tokens_per_step")
+    micro_batch_tokens = trainer.pop("micro_batch_tokens")
+    devices = trainer.get("devices", 1)
+    n_devices = devices if isinstance(devices, int) and devices > 0 else _visible_devices(trainer["accelerator"])
+    plan = BatchPlan(seq_len=int(cfg.context.seq_len), tokens_per_step=tokens_per_step,
+                     micro_batch_tokens=micro_batch_tokens, devices=n_devices)
+    return (
+        DnaMambaConfig(**model),
+        GenomeDataConfig(**data, seed=int(cfg.seed)),
+        OptimConfig(**optim),
+        TrainerConfig(out_dir=str(cfg.out_dir), **trainer),
+        plan,
+    )
+
+
+def _plain(cfg: DictConfig, key: str) -> dict:
+    """A config group as a plain dict without its ``name``; a required value left as ??? is a user error."""
+    try:
+        values = OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        raise ValueError(f"{err.full_key} is required, e.g. {err.full_key}=[path/to/genome.fa.gz]") from None
+    values.pop("name", None)
+    return values
+
+
+def _visible_devices(accelerator: str) -> int:
+    import torch
+
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 1
+
+
+def run_from_config(cfg: DictConfig) -> dict:
+    from dna_mamba.lit.runner import run_pretraining
+
+    model, data, optim, trainer, plan = build_configs(cfg)
+    if cfg.task.name != "pretrain":
+        raise ValueError(f"task={cfg.task.name} is not run by dna_mamba.train yet")
+    return run_pretraining(
+        model, data, optim, trainer, plan,
+        seed=int(cfg.seed), resume=cfg.resume, init_from=cfg.init_from,
+        run_baseline=bool(cfg.task.run_baseline), export=bool(cfg.task.export),
+    )
+
+
+@hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    with report_user_errors(debug=bool(cfg.get("debug", False))):
+        run_from_config(cfg)
+
+
+def main() -> None:
+    # "--debug" is not a Hydra override: strip it and ask for full tracebacks instead.
+    if "--debug" in sys.argv[1:]:
+        sys.argv = [a for a in sys.argv if a != "--debug"]
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
