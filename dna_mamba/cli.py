@@ -3,7 +3,10 @@
     dna-mamba prepare GENOME.fa.gz --out STORE      FASTA -> token store
     dna-mamba train [hydra overrides]               pretrain (same as python -m dna_mamba.train)
     dna-mamba export RUN/checkpoints/last.ckpt --out MODEL_DIR
+    dna-mamba embed --model DIR --fasta REF --bed REGIONS --out emb.parquet
     dna-mamba info MODEL_DIR                        what a saved model is
+    dna-mamba prepare-species MANIFEST --out DIR    species manifest -> stores + split
+    dna-mamba species-sweep MANIFEST --out DIR      species accuracy against context length
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ def _cmd_export(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_embed(argv: list[str]) -> int:
+    from dna_mamba.tasks.embed_cli import main as embed_main
+
+    return embed_main(argv)
+
+
 def _cmd_info(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="dna-mamba info", description="Describe a saved dna_mamba model.")
     parser.add_argument("model", help="a directory written by save_pretrained / dna-mamba export")
@@ -66,11 +75,26 @@ def _cmd_info(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_prepare_species(argv: list[str]) -> int:
+    from dna_mamba.species.cli import prepare_main
+
+    return prepare_main(argv)
+
+
+def _cmd_species_sweep(argv: list[str]) -> int:
+    from dna_mamba.species.cli import sweep_main
+
+    return sweep_main(argv)
+
+
 COMMANDS = {
     "prepare": (_cmd_prepare, "FASTA (plain, gzip, bgzip) -> memory-mapped token store"),
     "train": (_cmd_train, "pretrain a model (Hydra overrides, e.g. context=8k model=1.4m trainer=gpu)"),
     "export": (_cmd_export, "Lightning checkpoint -> from_pretrained directory"),
+    "embed": (_cmd_embed, "embeddings of BED regions, windows or whole contigs (.npz, .parquet, .npy)"),
     "info": (_cmd_info, "describe a saved model"),
+    "prepare-species": (_cmd_prepare_species, "species manifest -> one store per genome, leak-free splits"),
+    "species-sweep": (_cmd_species_sweep, "species classification accuracy against context, beside k-mer baselines"),
 }
 
 

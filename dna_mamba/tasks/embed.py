@@ -1,0 +1,653 @@
+"""Embeddings from a :class:`~dna_mamba.model.DnaMambaLM`: of sequences or genomic regions, pooled or per position,
+one layer or a sweep of layers in one pass, at any length in constant memory.
+
+    embed(model, ["ACGT...", ...], layers=-1, pooling="mean")            -> (N, D) numpy array
+    embed_regions(model, "hg38.fa", "peaks.bed", flank=500)              -> Embeddings (names, regions, values)
+    embed_regions(model, "hg38.fa", window=1000, stride=1000, out="emb.parquet")
+    embed_regions(model, "hg38.fa", contigs=["chr20"], pooling="none", out="chr20.npy")   # 63 Mb, one chunk of memory
+
+How a sequence is embedded: it is read in chunks of at most ``chunk_tokens`` tokens (summed over a batch) and fed to
+the model chunk by chunk with the recurrent state carried from one chunk to the next, which gives the same outputs as
+one pass over the whole sequence (the model's streaming guarantee). Pooled outputs are accumulated on the device and
+per-position outputs are written to a memory-mapped ``.npy`` as each chunk finishes, so device memory is that of one
+chunk and host memory that of the pooled results, whatever the sequence length: a 63 Mb chromosome takes one call.
+
+Choices, stated once:
+    layers      indices into the model's hidden states: 0 = embedding output, i = residual stream after block i,
+                ``n_layer`` (or -1) = the final RMSNorm output. An int gives arrays without a layer axis; a list
+                (or ``"all"``) gives a layer axis before the feature axis, in the order asked.
+    pooling     "mean": average over all positions, N included (a window padded with N past a contig end is
+                averaged over its full length, so windows of one size stay comparable); "last": the embedding at
+                the last position, which for this causal model is the only one that has read the whole sequence;
+                "none": every position.
+    strands     "both" averages the forward pass and the reverse-complement pass. Per-position outputs of the
+                reverse-complement pass are flipped back to forward coordinates first, so position p of the result
+                averages the forward output at p with the reverse-complement output at the same base. With "last",
+                the reverse-complement pass contributes its own last position, which is forward position 0.
+    precision   "auto" runs under bf16 autocast on CUDA and in fp32 elsewhere; outputs are float32 (or float16 if
+                asked) either way.
+    batching    sequences are sorted by length and batched (right-padded: the model is causal, so padding after a
+                sequence never changes its outputs); results come back in input order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
+
+from dna_mamba.genomics import Region, read_bed, resolve_contig_name, tile_windows
+from dna_mamba.tasks.embed_io import Embeddings, load_embeddings, output_format, save_embeddings, write_sidecar
+from dna_mamba.tokenizer import PAD, N, encode, encode_bytes, reverse_complement
+
+Pooling = Literal["mean", "last", "none"]
+Strands = Literal["forward", "both"]
+Precision = Literal["auto", "bf16", "fp32"]
+LayerSpec = int | Sequence[int] | Literal["all"]
+SequenceInput = str | bytes | np.ndarray | torch.Tensor | Iterable[str | bytes | np.ndarray | torch.Tensor]
+FastaInput = str | os.PathLike | Mapping
+
+POOLINGS = ("mean", "last", "none")
+STRANDS = ("forward", "both")
+PRECISIONS = ("auto", "bf16", "fp32")
+CUDA_CHUNK_TOKENS = 1 << 18  # ~1-3 GiB of activations for the 7M-40.7M models, long enough to keep an H100 busy
+CPU_CHUNK_TOKENS = 1 << 16  # the CPU reference scan has per-chunk Python overhead; ~0.5 GB of activations at most
+
+__all__ = [
+    "Embeddings",
+    "embed",
+    "embed_regions",
+    "load_embeddings",
+    "resolve_layers",
+    "save_embeddings",
+]
+
+
+def embed(
+    model: torch.nn.Module,
+    sequences: SequenceInput,
+    *,
+    layers: LayerSpec = -1,
+    pooling: Pooling = "mean",
+    strands: Strands = "forward",
+    batch_size: int | None = None,
+    chunk_tokens: int | None = None,
+    precision: Precision = "auto",
+    dtype: np.dtype | str = np.float32,
+    out: str | os.PathLike | None = None,
+    names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> np.ndarray | list[np.ndarray]:
+    """Embed DNA sequences (strings or token ids) with a DnaMambaLM.
+
+    Args:
+        model: the language model; it stays on its device, and its train/eval mode is restored afterwards.
+        sequences: one sequence or several: strings (``ACGTN``, lowercase and IUPAC codes accepted), bytes, 1-D
+            token-id arrays/tensors, or a 2-D array/tensor with one sequence per row.
+        layers: a hidden-state index (negative counts from the end: -1 = final normed output), a list of them
+            (a layer sweep, computed in one pass), or ``"all"``.
+        pooling: ``"mean"``, ``"last"`` or ``"none"`` (per position); see the module docstring.
+        strands: ``"forward"`` or ``"both"`` (average with the reverse complement, flipped back to forward
+            coordinates for per-position outputs).
+        batch_size: sequences per forward pass; None fills ``chunk_tokens`` with as many as fit.
+        chunk_tokens: tokens per forward pass, summed over the batch; longer sequences are streamed in chunks with
+            the recurrent state carried. Default: 2^18 on CUDA, 2^16 on CPU. Device memory scales with this only.
+        precision: ``"auto"`` (bf16 autocast on CUDA, fp32 elsewhere), ``"bf16"`` or ``"fp32"``.
+        dtype: float32 or float16 for the returned values.
+        out: also write the results here (``.npz``, ``.parquet`` for pooled outputs, ``.npy``). Per-position
+            outputs to ``.npy`` are streamed to disk as they are computed and returned as read-only memory maps.
+        names: names stored in ``out`` (default ``"0"``, ``"1"``, ...).
+        progress: show a progress bar (in bases) on stderr.
+
+    Returns:
+        For one input sequence (a string, bytes or 1-D ids) the array of that sequence; otherwise one entry per
+        sequence, in input order.
+
+    Shapes:
+        pooling "mean"/"last": ``(N, D)`` for an int ``layers``, ``(N, n_layers, D)`` for a list; ``(D,)`` or
+            ``(n_layers, D)`` for a single input sequence.
+        pooling "none": a list of ``(L_i, D)`` or ``(L_i, n_layers, D)`` arrays; one such array for a single input.
+
+    Raises:
+        ValueError: no sequences, an empty sequence, token ids outside the vocabulary, a bad layer index, pooling,
+            strands, precision, dtype or output suffix.
+        InvalidSequenceError: a character that is not a nucleotide or IUPAC code (naming the sequence and position).
+    """
+    sources, single = _sequence_sources(sequences, model.config.vocab_size)
+    if names is not None and len(names) != len(sources):
+        raise ValueError(f"{len(names)} names for {len(sources)} sequences")
+    result = _embed(model, sources, [str(i) for i in range(len(sources))] if names is None else list(names),
+                    regions=None, layers=layers, pooling=pooling, strands=strands, batch_size=batch_size,
+                    chunk_tokens=chunk_tokens, precision=precision, dtype=dtype, out=out, progress=progress,
+                    extra_metadata={})
+    values = [result.sequence(i) for i in range(len(result))] if result.per_position else result.values
+    return values[0] if single else values
+
+
+def embed_regions(
+    model: torch.nn.Module,
+    fasta: FastaInput,
+    regions: str | os.PathLike | Iterable[Region | tuple] | None = None,
+    *,
+    window: int | None = None,
+    stride: int | None = None,
+    contigs: Sequence[str] | None = None,
+    flank: int = 0,
+    use_strand: bool = True,
+    layers: LayerSpec = -1,
+    pooling: Pooling = "mean",
+    strands: Strands = "forward",
+    batch_size: int | None = None,
+    chunk_tokens: int | None = None,
+    precision: Precision = "auto",
+    dtype: np.dtype | str = np.float32,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Embeddings:
+    """Embed genomic regions of a reference: from a BED file, a list of regions, or fixed windows.
+
+    Each region ``[start, end)`` (0-based, half-open, as in BED) is widened by ``flank`` bases on both sides and
+    read from the reference; whatever lies before position 0 or past the contig end is read as N and is part of
+    the embedded window (and of a mean). Contig names are matched leniently (``chr1`` ↔ ``1``, ``chrM`` ↔ ``MT``).
+    Regions are read lazily, chunk by chunk, so a whole chromosome as one region needs no more memory than a chunk.
+
+    Args:
+        model: the language model (see :func:`embed`).
+        fasta: a FASTA path (plain or bgzip: random access through pyfaidx, which writes a ``.fai`` beside it if
+            missing; plain gzip works too but is read into memory first), an open ``pyfaidx.Fasta``, or a mapping
+            of contig name to a string or token-id array.
+        regions: a BED path, or regions as :class:`~dna_mamba.genomics.Region` or ``(chrom, start, end[, name
+            [, strand]])`` tuples. Leave out to tile windows or to embed whole contigs instead.
+        window, stride: tile every contig (or those in ``contigs``) with windows of ``window`` bases every
+            ``stride`` bases (default ``window``); the last window of a contig is padded with N.
+        contigs: the contigs to tile with ``window`` (default: all); without ``window``, each of these contigs is
+            embedded whole as one region (e.g. a chromosome, streamed in chunks).
+        flank: bases added on each side of every region.
+        use_strand: read regions on the ``-`` strand as the reverse complement, so that "forward" means the
+            region's own orientation (a BED without a strand column is unaffected). Per-position outputs of such a
+            region then run along its own 5'->3' direction: from reference position ``end + flank - 1`` down to
+            ``start - flank``.
+        layers, pooling, strands, batch_size, chunk_tokens, precision, dtype, progress: as in :func:`embed`.
+        out: write the results here (``.parquet`` or ``.npz`` for pooled outputs; ``.npy`` with a JSON sidecar
+            for any, streamed to disk for per-position outputs).
+
+    Returns:
+        :class:`Embeddings` in region order, with region names (BED column 4, or ``chrom:start-end``) and the
+        regions themselves (without flank). ``values`` is ``(N, D)`` / ``(N, n_layers, D)`` pooled; per position it
+        is every region's ``end - start + 2 * flank`` positions concatenated, with ``offsets`` marking regions.
+
+    Raises:
+        UnknownContigError: a region's contig is not in the reference (the message names it).
+        ValueError: no regions, an empty window (a zero-length region with no flank), a region that starts past the
+            end of its contig (often a BED from another assembly), ``regions`` together with ``window``/``contigs``
+            or none of them, and the argument errors of :func:`embed`.
+    """
+    if flank < 0:
+        raise ValueError(f"flank must be >= 0, got {flank}")
+    if regions is not None and (window is not None or contigs is not None):
+        raise ValueError("give regions, or window/contigs, not both (filter the regions yourself instead)")
+    if regions is None and window is None and contigs is None:
+        raise ValueError("nothing to embed: give regions (a BED path or a list of regions), window (and stride) "
+                         "or contigs")
+    if stride is not None and window is None:
+        raise ValueError("stride needs window")
+    reference = _Reference.open(fasta)
+    if window is not None:
+        region_list = tile_windows(reference.lengths, window, stride, contigs=contigs)
+    elif regions is None:
+        names = [resolve_contig_name(contig, reference.lengths) for contig in contigs]
+        region_list = [Region(name, 0, reference.lengths[name]) for name in names]
+    elif isinstance(regions, (str, os.PathLike)):
+        region_list = read_bed(regions)
+    else:
+        region_list = [r if isinstance(r, Region) else Region(*r) for r in regions]
+    if not region_list:
+        raise ValueError("no regions to embed")
+    sources = [_region_source(reference, i, region, flank, use_strand) for i, region in enumerate(region_list)]
+    extra = {"fasta": reference.label, "flank": flank, "use_strand": use_strand}
+    if window is not None:
+        extra.update(window=window, stride=stride or window)
+    return _embed(model, sources, [r.name for r in region_list], regions=region_list, layers=layers,
+                  pooling=pooling, strands=strands, batch_size=batch_size, chunk_tokens=chunk_tokens,
+                  precision=precision, dtype=dtype, out=out, progress=progress, extra_metadata=extra)
+
+
+def resolve_layers(layers: LayerSpec, n_layer: int) -> tuple[list[int], bool]:
+    """Hidden-state indices as non-negative ints, and whether the outputs get a layer axis.
+
+    Args:
+        layers: an int, a sequence of ints, or ``"all"``; valid indices are ``-(n_layer + 1) .. n_layer``.
+        n_layer: the model's number of Mamba blocks (it has ``n_layer + 1`` hidden states).
+
+    Raises:
+        ValueError: an index out of range, a repeated layer, an empty list, or a non-integer.
+    """
+    count = n_layer + 1
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ValueError(f"layers must be an int, a list of ints or 'all', got {layers!r}")
+        return list(range(count)), True
+    has_axis = not isinstance(layers, (int, np.integer))
+    requested = list(layers) if has_axis else [layers]
+    if not requested:
+        raise ValueError("layers is empty")
+    resolved = []
+    for layer in requested:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise ValueError(f"layer indices must be integers, got {layer!r}")
+        if not -count <= layer < count:
+            raise ValueError(f"layer {layer} is out of range: the model has {n_layer} blocks, so hidden-state "
+                             f"indices run from {-count} to {n_layer} (0 = embeddings, -1 = final normed output)")
+        resolved.append(int(layer) % count)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"layers {requested} name the same hidden state more than once")
+    return resolved, has_axis
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sources: something of known length whose tokens can be read in any sub-range, in the sequence's own orientation.
+
+
+class _Source(Protocol):
+    length: int
+
+    def read(self, start: int, end: int) -> np.ndarray: ...
+
+
+@dataclass
+class _ArraySource:
+    ids: np.ndarray  # uint8 token ids
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        return self.ids[start:end]
+
+
+@dataclass
+class _WindowSource:
+    """``[start, end)`` of a contig (may reach outside it: read as N), reverse-complemented when ``reverse``."""
+
+    reference: _Reference
+    chrom: str
+    start: int
+    end: int
+    reverse: bool
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        if self.reverse:
+            return reverse_complement(self.reference.fetch(self.chrom, self.end - end, self.end - start))
+        return self.reference.fetch(self.chrom, self.start + start, self.start + end)
+
+
+class _Reference:
+    """Contig lengths and token reads with N padding outside ``[0, length)``, over pyfaidx or an in-memory mapping."""
+
+    def __init__(self, lengths: dict[str, int], read, label: str):
+        self.lengths = lengths
+        self._read = read  # (chrom, start, end) within bounds -> uint8 ids
+        self.label = label
+
+    @classmethod
+    def open(cls, fasta: FastaInput) -> _Reference:
+        import pyfaidx
+
+        if isinstance(fasta, pyfaidx.Fasta):
+            return cls._from_pyfaidx(fasta, str(fasta.filename))
+        if isinstance(fasta, Mapping):
+            return cls._from_mapping(fasta, "<in-memory sequences>")
+        if not isinstance(fasta, (str, os.PathLike)):
+            raise ValueError(f"fasta must be a path, a pyfaidx.Fasta or a mapping of name -> sequence, "
+                             f"got {type(fasta).__name__}")
+        path = Path(fasta)
+        from dna_mamba.data.fasta import detect_compression, read_fasta  # raises FastaFormatError naming the file
+
+        if detect_compression(path) == "gzip":
+            # pyfaidx cannot seek in plain gzip; reading it whole is fine for the small genomes shipped that way.
+            warnings.warn(f"{path}: plain gzip has no random access, so it is read into memory; "
+                          "recompress with bgzip for large genomes", stacklevel=3)
+            return cls._from_mapping({record.name: record.ids for record in read_fasta(path)}, str(path))
+        try:
+            handle = pyfaidx.Fasta(str(path), as_raw=True)
+        except pyfaidx.FastaIndexingError as err:
+            raise ValueError(f"{path}: cannot index the FASTA ({err})") from None
+        return cls._from_pyfaidx(handle, str(path))
+
+    @classmethod
+    def _from_pyfaidx(cls, handle, label: str) -> _Reference:
+        lengths = {name: len(handle[name]) for name in handle.keys()}
+
+        def read(chrom: str, start: int, end: int) -> np.ndarray:
+            sequence = handle.get_seq(chrom, start + 1, end)  # pyfaidx takes 1-based, inclusive coordinates
+            text = sequence if isinstance(sequence, str) else sequence.seq
+            return encode(text, source=label, record=chrom, offset=start)
+
+        return cls(lengths, read, label)
+
+    @classmethod
+    def _from_mapping(cls, mapping: Mapping, label: str) -> _Reference:
+        contigs = {}
+        for name, sequence in mapping.items():
+            if isinstance(sequence, (np.ndarray, torch.Tensor)):
+                contigs[str(name)] = _as_token_array(sequence, f"contig '{name}'", vocab_size=N + 1)
+            else:
+                contigs[str(name)] = sequence  # a string or a sequence-like object sliced lazily
+
+        def read(chrom: str, start: int, end: int) -> np.ndarray:
+            piece = contigs[chrom][start:end]
+            if isinstance(piece, np.ndarray):
+                return piece
+            return encode(piece if isinstance(piece, str) else str(piece), source=label, record=chrom, offset=start)
+
+        return cls({name: len(seq) for name, seq in contigs.items()}, read, label)
+
+    def fetch(self, chrom: str, start: int, end: int) -> np.ndarray:
+        """Tokens of ``[start, end)`` of ``chrom``; positions outside the contig are N."""
+        length = self.lengths[chrom]
+        inside_start, inside_end = max(start, 0), min(end, length)
+        if start >= 0 and end <= length:
+            return self._read(chrom, start, end)
+        ids = np.full(end - start, N, dtype=np.uint8)
+        if inside_start < inside_end:
+            ids[inside_start - start:inside_end - start] = self._read(chrom, inside_start, inside_end)
+        return ids
+
+
+def _region_source(reference: _Reference, index: int, region: Region, flank: int, use_strand: bool) -> _WindowSource:
+    chrom = resolve_contig_name(region.chrom, reference.lengths)
+    length = reference.lengths[chrom]
+    where = f"region {index} ('{region.name}', {region.chrom}:{region.start}-{region.end})"
+    if region.start > length or (region.start == length and region.end > region.start):
+        raise ValueError(f"{where} starts past the end of contig '{chrom}' ({length:,} bp); "
+                         "is the BED from another assembly?")
+    if region.length + 2 * flank == 0:
+        raise ValueError(f"{where} is empty; give flank > 0 to embed around a point, or drop it")
+    return _WindowSource(reference, chrom, region.start - flank, region.end + flank,
+                         reverse=use_strand and region.strand == "-")
+
+
+def _sequence_sources(sequences: SequenceInput, vocab_size: int) -> tuple[list[_Source], bool]:
+    single = isinstance(sequences, (str, bytes)) or (
+        isinstance(sequences, (np.ndarray, torch.Tensor)) and sequences.ndim == 1)
+    if single:
+        items = [sequences]
+    elif isinstance(sequences, (np.ndarray, torch.Tensor)):
+        if sequences.ndim != 2:
+            raise ValueError(f"token ids must be 1-D (one sequence) or 2-D (one per row), got shape "
+                             f"{tuple(sequences.shape)}")
+        items = list(sequences)
+    else:
+        items = list(sequences)
+    if not items:
+        raise ValueError("no sequences to embed")
+    sources: list[_Source] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            ids = encode(item, source=f"sequence {i}")
+        elif isinstance(item, (bytes, bytearray)):
+            ids = encode_bytes(item, source=f"sequence {i}")
+        elif isinstance(item, (np.ndarray, torch.Tensor)):
+            ids = _as_token_array(item, f"sequence {i}", vocab_size)
+        else:
+            raise ValueError(f"sequence {i}: expected a string, bytes or token ids, got {type(item).__name__}")
+        if ids.ndim != 1:
+            raise ValueError(f"sequence {i}: token ids must be 1-D, got shape {ids.shape}")
+        if len(ids) == 0:
+            raise ValueError(f"sequence {i} is empty")
+        sources.append(_ArraySource(ids))
+    return sources, single
+
+
+def _as_token_array(ids: np.ndarray | torch.Tensor, what: str, vocab_size: int) -> np.ndarray:
+    array = ids.detach().cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{what}: token ids must be integers, got dtype {array.dtype}")
+    if array.size and (array.min() < 0 or array.max() >= vocab_size):
+        raise ValueError(f"{what}: token ids must lie in [0, {vocab_size}), got {array.min()}..{array.max()}")
+    return array.astype(np.uint8, copy=False)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The engine.
+
+
+def _embed(model, sources: list[_Source], names: list[str], *, regions: list[Region] | None, layers: LayerSpec,
+           pooling: str, strands: str, batch_size: int | None, chunk_tokens: int | None, precision: str,
+           dtype, out, progress: bool, extra_metadata: dict) -> Embeddings:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if strands not in STRANDS:
+        raise ValueError(f"strands must be one of {STRANDS}, got {strands!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float16):
+        raise ValueError(f"dtype must be float32 or float16, got {dtype}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    out = None if out is None else Path(out)
+    out_format = None if out is None else output_format(out, pooling)
+    config = model.config
+    layer_ids, layer_axis = resolve_layers(layers, config.n_layer)
+    device = next(model.parameters()).device
+    if chunk_tokens is None:
+        chunk_tokens = CUDA_CHUNK_TOKENS if device.type == "cuda" else CPU_CHUNK_TOKENS
+    if chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+    lengths = np.array([source.length for source in sources], dtype=np.int64)
+    n, width = len(sources), len(layer_ids)
+    shape_tail = (width, config.d_model) if layer_axis else (config.d_model,)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]) if pooling == "none" else None
+    streamed = pooling == "none" and out_format == ".npy"
+    if pooling == "none":
+        rows = int(offsets[-1])
+        if streamed:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+            values = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(rows, *shape_tail))
+        else:
+            values = np.empty((rows, *shape_tail), dtype=dtype)
+    else:
+        values = np.empty((n, *shape_tail), dtype=dtype)
+    target = values.reshape(values.shape[0], width, config.d_model)  # a view: one code path with or without an axis
+
+    engine = _Engine(model, layer_ids, pooling, chunk_tokens, device, use_bf16)
+    passes = (False, True) if strands == "both" else (False,)
+    order = np.argsort(-lengths, kind="stable")  # longest first: similar lengths share a batch, little padding
+    try:
+        with tqdm(total=int(lengths.sum()) * len(passes), unit="bp", unit_scale=True, desc="embed",
+                  disable=not progress, mininterval=0.5) as bar, _eval_mode(model), torch.inference_mode():
+            start = 0
+            while start < n:
+                size = batch_size or max(1, chunk_tokens // int(lengths[order[start]]))
+                batch = order[start:start + size]
+                start += size
+                pooled = None
+                for reverse in passes:
+                    write = None
+                    if pooling == "none":
+                        write = functools.partial(_write_positions, target, offsets[batch], lengths[batch],
+                                                  reverse=reverse)
+                    result = engine.run([sources[i] for i in batch], reverse, bar, write)
+                    if result is not None:
+                        pooled = result if pooled is None else pooled + result
+                if pooled is not None:
+                    if pooling == "mean":
+                        counts = torch.as_tensor(lengths[batch], dtype=pooled.dtype, device=pooled.device)
+                        pooled /= counts[:, None, None]
+                    target[batch] = (pooled / len(passes)).cpu().numpy()
+    except BaseException:
+        if streamed:
+            del values, target
+            tmp.unlink(missing_ok=True)
+        raise
+
+    metadata = {"model": config.to_dict(), "num_hidden_states": config.n_layer + 1,
+                "precision": "bf16" if use_bf16 else "fp32", "chunk_tokens": chunk_tokens, "dtype": dtype.name,
+                "mean_includes_n": True, "dna_mamba_version": _package_version(),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                **extra_metadata}
+    if streamed:
+        values.flush()
+        del values, target
+        os.replace(tmp, out)
+        values = np.load(out, mmap_mode="r")
+    result = Embeddings(values=values, names=names, layers=layer_ids, pooling=pooling, strands=strands,
+                        layer_axis=layer_axis, offsets=offsets, regions=regions, metadata=metadata)
+    if streamed:
+        write_sidecar(result, out)
+    elif out is not None:
+        save_embeddings(result, out)
+    return result
+
+
+def _write_positions(target: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, row: int, begin: int,
+                     chunk: np.ndarray, *, reverse: bool) -> None:
+    """Store one chunk of per-position outputs of sequence ``row`` of a batch, in forward coordinates.
+
+    Shapes:
+        target: (total_positions, n_layers, D); offsets, lengths: (B,), the batch's sequences;
+        chunk: (n, n_layers, D) for stream positions ``begin .. begin + n``.
+    """
+    offset, length, count = int(offsets[row]), int(lengths[row]), len(chunk)
+    if not reverse:
+        target[offset + begin:offset + begin + count] = chunk
+        return
+    # Stream position p of the reverse complement reads forward base length - 1 - p. The forward pass of this batch
+    # has already written its outputs there, so this averages the two strands in place.
+    low, high = offset + length - begin - count, offset + length - begin
+    target[low:high] = (target[low:high].astype(np.float32) + chunk[::-1]) / 2
+
+
+class _Engine:
+    """Streams a batch of sequences through the model chunk by chunk, keeping only the requested hidden states."""
+
+    def __init__(self, model, layers: list[int], pooling: str, chunk_tokens: int, device: torch.device,
+                 use_bf16: bool):
+        self.model = model
+        self.layers = layers
+        self.pooling = pooling
+        self.chunk_tokens = chunk_tokens
+        self.device = device
+        self.use_bf16 = use_bf16
+
+    def run(self, sources: list[_Source], reverse: bool, bar, write) -> torch.Tensor | None:
+        """One strand of one batch.
+
+        Returns:
+            pooling "mean": per-sequence sums over positions, (B, n_layers, D) float64 on the device; "last": the last
+            position's outputs, same shape; "none": None (each chunk went to ``write(row, begin, values)``).
+        """
+        lengths = [source.length for source in sources]
+        batch, longest = len(sources), max(lengths)
+        step = max(1, self.chunk_tokens // batch)
+        d_model = self.model.config.d_model
+        pooled = None
+        if self.pooling != "none":
+            pooled = torch.zeros(batch, len(self.layers), d_model, dtype=torch.float64, device=self.device)
+        lengths_t = torch.as_tensor(lengths, device=self.device)
+        state = None
+        for begin in range(0, longest, step):
+            end = min(begin + step, longest)
+            valid = [max(0, min(end, length) - begin) for length in lengths]
+            # PAD after a sequence's end: the model is causal, so it never changes that sequence's outputs.
+            tokens = np.full((batch, end - begin), PAD, dtype=np.uint8)
+            for row, source in enumerate(sources):
+                if valid[row]:
+                    tokens[row, :valid[row]] = _read(source, begin, begin + valid[row], reverse)
+            ids = torch.from_numpy(tokens)
+            if self.device.type == "cuda":
+                # A copy from pinned memory is asynchronous, so reading the next chunk overlaps this chunk's compute.
+                ids = ids.pin_memory().to(self.device, non_blocking=True)
+            ids = ids.to(self.device).long()  # (B, l)
+            autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.use_bf16 else \
+                contextlib.nullcontext()
+            with autocast:
+                hidden, state = _forward_hidden(self.model, ids, state, self.layers)
+            if self.pooling == "mean":
+                all_valid = min(valid) == end - begin
+                mask = None if all_valid else (
+                    torch.arange(begin, end, device=self.device)[None, :] < lengths_t[:, None])[..., None]  # (B, l, 1)
+                for k, h in enumerate(hidden):
+                    h = h.float() if all_valid else h.float() * mask
+                    pooled[:, k] += h.sum(dim=1, dtype=torch.float64)
+            elif self.pooling == "last":
+                for row, length in enumerate(lengths):
+                    if begin < length <= end:
+                        pooled[row] = torch.stack([h[row, length - 1 - begin] for h in hidden]).double()
+            else:
+                stacked = torch.stack(hidden, dim=2).float().cpu().numpy()  # (B, l, n_layers, D)
+                for row in range(batch):
+                    if valid[row]:
+                        write(row, begin, stacked[row, :valid[row]])
+            bar.update(sum(valid))
+        return pooled
+
+
+def _forward_hidden(model, ids: torch.Tensor, state, layers: list[int]) -> tuple[list[torch.Tensor], list]:
+    """The requested hidden states of one chunk and the per-block states to carry to the next chunk.
+
+    This walks the model's modules instead of calling ``model(..., output_hidden_states=True)``, which keeps all
+    n_layer + 1 hidden states of the chunk alive: here only the requested ones are kept, blocks past the deepest
+    requested layer are skipped, and the LM head is never run. Indices are those of ``LMOutput.hidden_states``
+    (0 = embedding output, i = after block i, n_layer = after the final norm); the tests hold the two equal.
+
+    Shapes:
+        ids: (B, l) -> hidden states (B, l, D) each, in the order of ``layers``.
+    """
+    n_layer = len(model.layers)
+    deepest = max(layers)
+    x = model.embedding(ids)  # (B, l, D)
+    kept = {0: x} if 0 in layers else {}
+    new_state = []
+    for i in range(min(deepest, n_layer)):
+        x, layer_state = model.layers[i](x, None if state is None else state[i], True)
+        new_state.append(layer_state)
+        if i + 1 in layers and i + 1 < n_layer:
+            kept[i + 1] = x
+    if deepest == n_layer:
+        kept[n_layer] = model.norm_f(x)
+    return [kept[k] for k in layers], new_state
+
+
+def _read(source: _Source, begin: int, end: int, reverse: bool) -> np.ndarray:
+    """Stream positions ``[begin, end)`` of a source, or of its reverse complement."""
+    if not reverse:
+        return source.read(begin, end)
+    return reverse_complement(source.read(source.length - end, source.length - begin))
+
+
+@contextlib.contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _package_version() -> str:
+    try:
+        return importlib_metadata.version("dna_mamba")
+    except importlib_metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"

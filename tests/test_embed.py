@@ -1,0 +1,283 @@
+"""Embedding extraction: equality with a direct forward pass, streaming, strands, regions, files, CLI, probes."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dna_mamba.genomics import (
+    BedFormatError,
+    Region,
+    UnknownContigError,
+    read_bed,
+    resolve_contig_name,
+    tile_windows,
+)
+from dna_mamba.model.config import DnaMambaConfig
+from dna_mamba.model.mamba import DnaMambaLM
+from dna_mamba.tasks.downstream import evaluate_held_out, fit_classifier, kmer_features, sweep_layers
+from dna_mamba.tasks.embed import embed, embed_regions, load_embeddings, resolve_layers
+from dna_mamba.tokenizer import InvalidSequenceError, encode
+
+N_LAYER = 2
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def model() -> DnaMambaLM:
+    torch.manual_seed(0)
+    return DnaMambaLM(DnaMambaConfig(d_model=16, n_layer=N_LAYER, d_state=4)).eval()
+
+
+@pytest.fixture(scope="module")
+def sequences() -> list[str]:
+    rng = np.random.default_rng(0)
+    return ["".join(rng.choice(list("ACGT"), size=n)) + "N" for n in (40, 23, 7)]
+
+
+def direct_hidden(model, sequence: str) -> list[np.ndarray]:
+    """All hidden states of one sequence from the model's own forward pass: n_layer + 1 arrays (L, D)."""
+    ids = torch.from_numpy(encode(sequence)).long()[None]
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+    return [h[0].float().numpy() for h in hidden]
+
+
+def rc(sequence: str) -> str:
+    return sequence[::-1].translate(str.maketrans("ACGTN", "TGCAN"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A small plain FASTA with two contigs named as in the wild ('chr1', 'MT'), indexed by pyfaidx on first use."""
+    rng = np.random.default_rng(1)
+    contigs = {"chr1": "".join(rng.choice(list("ACGT"), size=50)), "MT": "".join(rng.choice(list("ACGT"), size=21))}
+    path = tmp_path_factory.mktemp("ref") / "ref.fa"
+    path.write_text("".join(f">{name} test\n{seq[:30]}\n{seq[30:]}\n" for name, seq in contigs.items()))
+    return path, contigs
+
+
+def test_resolve_layers():
+    assert resolve_layers(-1, 4) == ([4], False)
+    assert resolve_layers([0, -2, 4], 4) == ([0, 3, 4], True)
+    assert resolve_layers("all", 2) == ([0, 1, 2], True)
+    with pytest.raises(ValueError, match="layer 5 is out of range.*-5 to 4"):
+        resolve_layers(5, 4)
+    with pytest.raises(ValueError, match="same hidden state"):
+        resolve_layers([-1, 4], 4)
+    with pytest.raises(ValueError, match="empty"):
+        resolve_layers([], 4)
+    with pytest.raises(ValueError, match="integers"):
+        resolve_layers([1.5], 4)
+
+
+def test_pooled_and_per_position_equal_direct_forward(model, sequences):
+    # Three lengths in one batch: right padding must not leak into shorter sequences.
+    layers = list(range(N_LAYER + 1))
+    mean = embed(model, sequences, layers=layers, pooling="mean", progress=False)
+    last = embed(model, sequences, layers=layers, pooling="last", progress=False)
+    per_position = embed(model, sequences, layers=layers, pooling="none", progress=False)
+    assert mean.shape == last.shape == (3, N_LAYER + 1, 16)
+    for i, sequence in enumerate(sequences):
+        hidden = direct_hidden(model, sequence)
+        assert per_position[i].shape == (len(sequence), N_LAYER + 1, 16)
+        for k, h in enumerate(hidden):
+            np.testing.assert_allclose(mean[i, k], h.mean(0), atol=ATOL)
+            np.testing.assert_allclose(last[i, k], h[-1], atol=ATOL)
+            np.testing.assert_allclose(per_position[i][:, k], h, atol=ATOL)
+
+
+def test_chunked_equals_one_pass(model, sequences):
+    rows = [encode(sequences[0][:35]), encode(sequences[1] * 2)[:35]]
+    ids = torch.from_numpy(np.stack(rows))  # a 2-D batch of token ids
+    for pooling in ("mean", "last", "none"):
+        whole = embed(model, ids, layers=[1, -1], pooling=pooling, chunk_tokens=1 << 12, progress=False)
+        chunked = embed(model, ids, layers=[1, -1], pooling=pooling, chunk_tokens=6, batch_size=2, progress=False)
+        np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), atol=ATOL)
+
+
+def test_strands_both_averages_forward_and_reverse_complement(model, sequences):
+    sequence = sequences[1]
+    forward, reverse = direct_hidden(model, sequence)[-1], direct_hidden(model, rc(sequence))[-1]
+    both = {p: embed(model, sequence, pooling=p, strands="both", chunk_tokens=5, progress=False)
+            for p in ("mean", "last", "none")}
+    np.testing.assert_allclose(both["mean"], (forward.mean(0) + reverse.mean(0)) / 2, atol=ATOL)
+    # "last" on the reverse strand is the reverse complement's last position, i.e. forward position 0.
+    np.testing.assert_allclose(both["last"], (forward[-1] + reverse[-1]) / 2, atol=ATOL)
+    # Per position, the reverse-complement outputs are flipped back to forward coordinates.
+    np.testing.assert_allclose(both["none"], (forward + reverse[::-1]) / 2, atol=ATOL)
+
+
+def test_input_forms_and_errors(model, sequences):
+    single = embed(model, sequences[2], progress=False)
+    assert single.shape == (16,)
+    from_ids = embed(model, [encode(sequences[2]), sequences[2].encode()], progress=False)
+    np.testing.assert_allclose(from_ids, np.stack([single, single]), atol=ATOL)
+    assert embed(model, sequences[2], layers=[0, 2], pooling="none", progress=False).shape == (8, 2, 16)
+    with pytest.raises(ValueError, match="no sequences"):
+        embed(model, [], progress=False)
+    with pytest.raises(ValueError, match="sequence 1 is empty"):
+        embed(model, ["ACGT", ""], progress=False)
+    with pytest.raises(InvalidSequenceError, match="sequence 0, position 3: invalid character 'X'"):
+        embed(model, ["ACXT"], progress=False)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 16\)"):
+        embed(model, np.array([0, 1, 16]), progress=False)
+    with pytest.raises(ValueError, match="integers"):
+        embed(model, np.array([0.0, 1.0]), progress=False)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        embed(model, "ACGT", pooling="max", progress=False)
+    with pytest.raises(ValueError, match="strands must be one of"):
+        embed(model, "ACGT", strands="reverse", progress=False)
+    with pytest.raises(ValueError, match="out of range"):
+        embed(model, "ACGT", layers=3, progress=False)
+
+
+def test_genomics_helpers(tmp_path):
+    available = ["chr1", "chr2", "chrM"]
+    assert resolve_contig_name("chr2", available) == "chr2"
+    assert resolve_contig_name("1", available) == "chr1"
+    assert resolve_contig_name("MT", available) == "chrM"
+    assert resolve_contig_name("chrMT", ["M"]) == "M"
+    with pytest.raises(UnknownContigError, match="unknown contig 'chr9' \\(available: chr1, chr2, chrM\\)"):
+        resolve_contig_name("chr9", available)
+    with pytest.raises(UnknownContigError, match="ambiguous"):
+        resolve_contig_name("1", ["chr1", "CHR1"])
+
+    bed = tmp_path / "r.bed.gz"
+    with gzip.open(bed, "wt") as handle:
+        handle.write("track name=x\n# comment\nchr1\t5\t10\tpeak1\t0\t-\n\n1 0 3\n")
+    assert read_bed(bed) == [Region("chr1", 5, 10, "peak1", "-"), Region("1", 0, 3, "1:0-3", ".")]
+    with pytest.raises(BedFormatError, match="line 2: .*end must be >= start"):
+        read_bed(["chr1\t1\t2", "chr1\t5\t4"])
+    with pytest.raises(BedFormatError, match="line 1: start and end must be integers"):
+        read_bed(["chr1\tx\t4"])
+    with pytest.raises(FileNotFoundError, match="no such BED file"):
+        read_bed(tmp_path / "missing.bed")
+
+    windows = tile_windows({"a": 10, "b": 3}, 4, 3)
+    assert [(w.chrom, w.start, w.end) for w in windows] == [("a", 0, 4), ("a", 3, 7), ("a", 6, 10), ("b", 0, 4)]
+    assert len(tile_windows({"a": 10, "b": 3}, 4, keep_partial=False)) == 2
+
+
+def test_embed_regions_reads_pads_and_keeps_order(model, reference):
+    path, contigs = reference
+    regions = [
+        Region("chr1", 40, 50, "past_end"),  # with flank 4 the window runs 4 bases past the contig end
+        ("1", 2, 12, "renamed"),  # chr1 written as '1'
+        Region("chrM", 0, 10, "minus", "-"),  # chrM resolves to MT; '-' reads the reverse complement
+        Region("chr1", 20, 20, "point"),  # zero-length: flank 4 gives an 8-base window
+    ]
+    result = embed_regions(model, path, regions, flank=4, pooling="mean", progress=False)
+    assert result.names == ["past_end", "renamed", "minus", "point"]
+    assert [r.chrom for r in result.regions] == ["chr1", "1", "chrM", "chr1"]
+    chr1, mt = contigs["chr1"], contigs["MT"]
+    expected = [chr1[36:50] + "NNNN", "NN" + chr1[0:16], rc("NNNN" + mt[0:14]), chr1[16:24]]
+    direct = embed(model, expected, progress=False)
+    np.testing.assert_allclose(result.values, direct, atol=ATOL)
+    # The same from an in-memory mapping and from token arrays.
+    mapping = embed_regions(model, {"chr1": encode(chr1), "MT": mt}, regions, flank=4, progress=False)
+    np.testing.assert_allclose(mapping.values, direct, atol=ATOL)
+    ignore = embed_regions(model, path, [Region("MT", 0, 10, strand="-")], use_strand=False, progress=False)
+    np.testing.assert_allclose(ignore.values[0], embed(model, mt[:10], progress=False), atol=ATOL)
+
+
+def test_embed_regions_errors(model, reference):
+    path, _ = reference
+    with pytest.raises(UnknownContigError, match="unknown contig 'chr7'"):
+        embed_regions(model, path, [("chr1", 0, 5), ("chr7", 0, 5)], progress=False)
+    with pytest.raises(ValueError, match="region 0 \\('chr1:9-9', chr1:9-9\\) is empty"):
+        embed_regions(model, path, [("chr1", 9, 9)], progress=False)
+    with pytest.raises(ValueError, match="starts past the end of contig 'chr1' \\(50 bp\\)"):
+        embed_regions(model, path, [("chr1", 60, 70)], progress=False)
+    with pytest.raises(ValueError, match="no regions"):
+        embed_regions(model, path, [], progress=False)
+    with pytest.raises(ValueError, match="not both"):
+        embed_regions(model, path, [("chr1", 0, 5)], window=10, progress=False)
+    with pytest.raises(ValueError, match="no such file"):
+        embed_regions(model, path.with_name("missing.fa"), window=10, progress=False)
+
+
+def test_files_round_trip_with_metadata(model, reference, tmp_path):
+    path, _ = reference
+    for name in ("w.parquet", "w.npz", "w.npy"):
+        result = embed_regions(model, path, window=20, stride=15, layers=[0, -1], strands="both",
+                               out=tmp_path / name, progress=False)
+        loaded = load_embeddings(tmp_path / name)
+        assert loaded.names == result.names == ["chr1:0-20", "chr1:15-35", "chr1:30-50", "MT:0-20", "MT:15-35"]
+        assert loaded.regions == result.regions
+        assert (loaded.layers, loaded.layer_axis, loaded.pooling, loaded.strands) == ([0, 2], True, "mean", "both")
+        assert loaded.metadata["fasta"] == str(path) and loaded.metadata["window"] == 20
+        assert loaded.metadata["model"]["d_model"] == 16
+        np.testing.assert_array_equal(loaded.values, result.values)
+        np.testing.assert_array_equal(loaded.layer(-1), result.values[:, 1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.npy", "w.npy.json", "w.npz", "w.parquet"]
+    # Plain sequences (no regions), per position, in memory then to .npz.
+    values = embed(model, ["ACGTN", "GGA"], pooling="none", names=["a", "b"], out=tmp_path / "s.npz", progress=False)
+    loaded = load_embeddings(tmp_path / "s.npz")
+    assert loaded.names == ["a", "b"] and loaded.regions is None and loaded.offsets.tolist() == [0, 5, 8]
+    np.testing.assert_array_equal(loaded.sequence(1), values[1])
+
+
+def test_per_position_streams_to_npy(model, reference, tmp_path):
+    path, contigs = reference
+    out = tmp_path / "pos.npy"
+    result = embed_regions(model, path, contigs=["chr1", "chrM"], pooling="none", strands="both", chunk_tokens=7,
+                           dtype=np.float16, out=out, progress=False)
+    assert isinstance(result.values, np.memmap) and result.values.dtype == np.float16
+    loaded = load_embeddings(out)
+    assert loaded.offsets.tolist() == [0, 50, 71] and loaded.names == ["chr1:0-50", "MT:0-21"]
+    expected = embed(model, contigs["MT"], pooling="none", strands="both", progress=False)
+    np.testing.assert_allclose(loaded.sequence(1), expected, atol=2e-3 * np.abs(expected).max())
+    assert json.loads((tmp_path / "pos.npy.json").read_text())["offsets"] == [0, 50, 71]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pos.npy", "pos.npy.json"]  # no temporary left behind
+    with pytest.raises(ValueError, match="not parquet"):
+        embed_regions(model, path, contigs=["chr1"], pooling="none", out=tmp_path / "x.parquet", progress=False)
+
+
+def test_cli(model, reference, tmp_path, capsys):
+    from dna_mamba.tasks.embed_cli import main
+
+    path, _ = reference
+    model.save_pretrained(tmp_path / "model")
+    bed = tmp_path / "r.bed"
+    bed.write_text("chr1\t0\t10\ta\nchrM\t5\t15\tb\t0\t-\n")
+    out = tmp_path / "r.parquet"
+    argv = ["--model", str(tmp_path / "model"), "--fasta", str(path), "--bed", str(bed), "--layers", "0,-1",
+            "--strands", "both", "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert main(argv) == 0
+    summary = capsys.readouterr().out
+    assert "embedded 2 regions (20 b, both strands)" in summary and "r.parquet" in summary
+    loaded = load_embeddings(out)
+    assert loaded.names == ["a", "b"] and loaded.values.shape == (2, 2, 16)
+    bad = tmp_path / "bad.bed"
+    bad.write_text("chr9\t0\t10\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv[:4], "--bed", str(bad), "--out", str(out), "--no-progress"])
+    assert exit_info.value.code == 1
+    assert "unknown contig 'chr9'" in capsys.readouterr().err
+
+
+def test_downstream_probes():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 20)
+    features = rng.normal(size=(60, 5)) + labels[:, None] * 3.0
+    groups = np.tile(np.arange(4), 15)
+    report = fit_classifier(features, labels, groups=groups, cv=5)
+    assert report.accuracy > 0.95 and report.splitter == "GroupKFold(4)" and report.n_classes == 3
+    svm = fit_classifier(features, labels, classifier="linear_svm", cv=3)
+    assert svm.accuracy > 0.95 and len(svm.fold_accuracies) == 3
+    held_out = evaluate_held_out(features[groups < 3], labels[groups < 3], features[groups == 3], labels[groups == 3])
+    assert held_out.accuracy > 0.9 and held_out.confusion.shape == (3, 3)
+    sweep = sweep_layers(np.stack([rng.normal(size=(60, 5)), features], axis=1), labels, cv=3)
+    assert sweep[1].accuracy > sweep[0].accuracy
+    with pytest.raises(ValueError, match="2-D"):
+        fit_classifier(features[:, None], labels)
+    with pytest.raises(ValueError, match="two classes"):
+        fit_classifier(features, np.zeros(60))
+    kmers = kmer_features(["ACGTACGT", encode("AAAAANAAAA")], ks=(1, 2))
+    assert kmers.shape == (2, 20)
+    np.testing.assert_allclose(kmers[1, :4], [1, 0, 0, 0])
+    np.testing.assert_allclose(kmers.sum(1), [2, 2])
+
