@@ -1,0 +1,505 @@
+"""Variant input and output: reference access, VCF/BCF and table readers, allele checks, scored VCF/TSV writers.
+
+Coordinates: VCF ``POS`` is 1-based; everything computed here is 0-based (``Allele.start``). Contig names are
+harmonised against the FASTA (``chr1``/``1``, ``chrM``/``MT``/``M``) by :func:`dna_mamba.genomics.resolve_contig_name`;
+outputs keep the names the input used.
+
+Every input record is kept. A record's ALT alleles are split and checked one by one; an allele that cannot be
+scored carries a *skip reason* (see :data:`SKIP_REASONS`) instead of scores, in the output VCF as ``DNAM_SKIP``
+and in the TSV as ``skip_reason``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import re
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dna_mamba.genomics import UnknownContigError, resolve_contig_name
+from dna_mamba.tokenizer import ENCODE_TABLE, N, encode, encode_bytes, reverse_complement
+
+PathLike = str | os.PathLike
+
+SKIP_REASONS: dict[str, str] = {
+    "missing_alt": "ALT is '.' (no alternative allele)",
+    "symbolic_alt": "symbolic or breakend ALT (<DEL>, <INS>, *, N[1:2[, ...): no sequence to score",
+    "invalid_allele": "REF or ALT holds characters other than A, C, G, T, N or IUPAC codes",
+    "unknown_contig": "the contig is not in the FASTA, even after chr1/1 and chrM/MT harmonisation",
+    "out_of_range": "POS (or POS + len(REF) - 1) lies outside the contig",
+    "ref_mismatch": "REF differs from the FASTA at POS",
+    "all_n_window": "every scored window position is N on the reference or the alternative haplotype",
+}
+
+_SYMBOLIC = re.compile(r"^<.*>$|^\*$|[\[\]]|^\.[A-Za-z]|[A-Za-z]\.$")
+_VALID_ALLELE = re.compile(r"^[A-Za-z]+$")
+
+
+class ReferenceGenome:
+    """Random access to a FASTA file, N-padded outside each contig.
+
+    Indexed plain and bgzip FASTA (``.fai``, plus ``.gzi`` for bgzip) are read through ``pysam.FastaFile``
+    without loading them; the index is built if missing and the folder is writable. Anything else pysam cannot
+    open (plain gzip, a read-only folder without an index) is read into memory once.
+
+    Args:
+        path: FASTA file (plain, gzip or bgzip).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+
+    def __init__(self, path: PathLike | None = None, *, sequences: Mapping[str, np.ndarray] | None = None):
+        self.path = None if path is None else Path(path)
+        self._fasta = None
+        self._arrays: dict[str, np.ndarray] = {}
+        if sequences is not None:
+            self._arrays = {name: np.asarray(ids, dtype=np.uint8) for name, ids in sequences.items()}
+        elif self.path is not None:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"{self.path}: no such FASTA file")
+            self._fasta = _open_indexed_fasta(self.path)
+            if self._fasta is None:
+                from dna_mamba.data.fasta import read_fasta
+
+                self._arrays = {record.name: record.ids for record in read_fasta(self.path)}
+        else:
+            raise ValueError("ReferenceGenome needs a FASTA path or sequences")
+        if self._fasta is not None:
+            self.lengths = dict(zip(self._fasta.references, self._fasta.lengths, strict=True))
+        else:
+            self.lengths = {name: len(ids) for name, ids in self._arrays.items()}
+
+    @classmethod
+    def from_sequences(cls, sequences: Mapping[str, str | np.ndarray]) -> ReferenceGenome:
+        """A reference held in memory: contig name -> DNA string or uint8 token ids (for tests and notebooks)."""
+        return cls(sequences={name: encode(s) if isinstance(s, str) else s for name, s in sequences.items()})
+
+    def resolve(self, name: str) -> str | None:
+        """The FASTA's spelling of a contig name (``chr20`` -> ``20``), or None when no contig matches."""
+        try:
+            return resolve_contig_name(name, self.lengths)
+        except UnknownContigError:
+            return None
+
+    def fetch(self, contig: str, start: int, end: int) -> np.ndarray:
+        """Token ids of ``[start, end)`` on the forward strand; positions outside the contig read as N.
+
+        Shapes:
+            returns (end - start,) uint8.
+        """
+        length = self.lengths[contig]
+        out = np.full(max(0, end - start), N, dtype=np.uint8)
+        lo, hi = max(0, start), min(length, end)
+        if lo < hi:
+            if self._fasta is not None:
+                text = self._fasta.fetch(contig, lo, hi)
+                out[lo - start:hi - start] = encode_bytes(text.encode("ascii"), source=str(self.path),
+                                                          record=contig, offset=lo)
+            else:
+                out[lo - start:hi - start] = self._arrays[contig][lo:hi]
+        return out
+
+    def fetch_strand(self, contig: str, strand: str, start: int, end: int) -> np.ndarray:
+        """Token ids of ``[start, end)`` in the coordinates of one strand (N outside the contig).
+
+        On the reverse strand, position ``q`` is the complement of forward position ``length - 1 - q``, so
+        ``fetch_strand(c, "-", s, e)`` is the reverse complement of ``fetch(c, length - e, length - s)``.
+        """
+        if strand == "+":
+            return self.fetch(contig, start, end)
+        if strand != "-":
+            raise ValueError(f"strand must be '+' or '-', got {strand!r}")
+        length = self.lengths[contig]
+        return np.ascontiguousarray(reverse_complement(self.fetch(contig, length - end, length - start)))
+
+    def close(self) -> None:
+        if self._fasta is not None:
+            self._fasta.close()
+            self._fasta = None
+
+    def __enter__(self) -> ReferenceGenome:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open_indexed_fasta(path: Path):
+    """``pysam.FastaFile`` for ``path``, or None where pysam cannot index it (plain gzip, read-only folder)."""
+    try:
+        import pysam
+    except ImportError:  # pysam has no Windows wheels; the in-memory reader works everywhere
+        return None
+    with _quiet_htslib(pysam):
+        try:
+            return pysam.FastaFile(str(path))
+        except (OSError, ValueError):
+            return None
+
+
+@contextlib.contextmanager
+def _quiet_htslib(pysam):
+    """Silence htslib's stderr chatter (missing header lines, index building) while pysam works."""
+    previous = pysam.set_verbosity(0)
+    try:
+        yield
+    finally:
+        pysam.set_verbosity(previous)
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    """One input record (a VCF line or a table row), ALTs not yet split.
+
+    Attributes:
+        index: 0-based position of the record in the input.
+        chrom: contig name as the input wrote it.
+        pos: 1-based position of the first REF base (VCF ``POS``).
+        id: the record's ID, or '.'.
+        ref: REF as written.
+        alts: ALT alleles as written; empty for a missing ALT ('.').
+    """
+
+    index: int
+    chrom: str
+    pos: int
+    id: str
+    ref: str
+    alts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Allele:
+    """One REF/ALT pair to score, or a reason not to.
+
+    Attributes:
+        record: the input record.
+        alt_index: index of this ALT in ``record.alts`` (0 for a missing ALT).
+        alt: the ALT as written ('.' when missing).
+        contig: the FASTA's name of the record's contig (None when unknown).
+        start: 0-based start of the trimmed REF (the first changed base; for an insertion, the base after it).
+        ref_bases: trimmed REF (shared leading, then trailing bases removed; '' for a pure insertion).
+        alt_bases: trimmed ALT ('' for a pure deletion).
+        skip: a key of :data:`SKIP_REASONS`, or None when the allele is scored.
+    """
+
+    record: VariantRecord
+    alt_index: int
+    alt: str
+    contig: str | None = None
+    start: int = -1
+    ref_bases: str = ""
+    alt_bases: str = ""
+    skip: str | None = None
+
+
+def trim_alleles(pos0: int, ref: str, alt: str) -> tuple[int, str, str]:
+    """Remove the bases REF and ALT share at their ends: leading ones first (the VCF anchor base), then trailing.
+
+    Leading first keeps an indel where VCF puts it, after its anchor base (``C -> CAC`` inserts ``AC`` after the
+    C). There is no left-alignment: an indel in a repeat is scored where the caller placed it.
+
+    Returns:
+        ``(start, ref, alt)`` with ``start`` the 0-based position of the first remaining REF base.
+    """
+    shared = 0
+    while shared < min(len(ref), len(alt)) and ref[shared] == alt[shared]:
+        shared += 1
+    ref, alt = ref[shared:], alt[shared:]
+    while ref and alt and ref[-1] == alt[-1]:
+        ref, alt = ref[:-1], alt[:-1]
+    return pos0 + shared, ref, alt
+
+
+def prepare_alleles(records: Sequence[VariantRecord], reference: ReferenceGenome) -> list[Allele]:
+    """Split records into alleles, harmonise contigs and check each allele (see :data:`SKIP_REASONS`).
+
+    Checks run from the allele to the record: missing/symbolic/invalid ALT, then unknown contig, out-of-range
+    position and REF mismatch against the FASTA (IUPAC codes in either compare as N).
+    """
+    alleles = []
+    contig_cache: dict[str, str | None] = {}
+    for record in records:
+        if record.chrom not in contig_cache:
+            contig_cache[record.chrom] = reference.resolve(record.chrom)
+        contig = contig_cache[record.chrom]
+        record_skip = _record_problem(record, contig, reference)
+        alts = record.alts or (".",)
+        for alt_index, alt in enumerate(alts):
+            skip = _allele_problem(alt) or record_skip
+            if skip is not None:
+                alleles.append(Allele(record, alt_index, alt, contig, skip=skip))
+                continue
+            start, ref_bases, alt_bases = trim_alleles(record.pos - 1, record.ref.upper(), alt.upper())
+            alleles.append(Allele(record, alt_index, alt, contig, start, ref_bases, alt_bases))
+    return alleles
+
+
+def _allele_problem(alt: str) -> str | None:
+    if alt in (".", ""):
+        return "missing_alt"
+    if _SYMBOLIC.search(alt):
+        return "symbolic_alt"
+    if not _VALID_ALLELE.match(alt) or _is_invalid_sequence(alt):
+        return "invalid_allele"
+    return None
+
+
+def _record_problem(record: VariantRecord, contig: str | None, reference: ReferenceGenome) -> str | None:
+    if not _VALID_ALLELE.match(record.ref) or _is_invalid_sequence(record.ref):
+        return "invalid_allele"
+    if contig is None:
+        return "unknown_contig"
+    start = record.pos - 1
+    if start < 0 or start + len(record.ref) > reference.lengths[contig]:
+        return "out_of_range"
+    if not np.array_equal(reference.fetch(contig, start, start + len(record.ref)), encode(record.ref)):
+        return "ref_mismatch"
+    return None
+
+
+def _is_invalid_sequence(allele: str) -> bool:
+    return bool((ENCODE_TABLE[np.frombuffer(allele.encode("ascii", "replace"), dtype=np.uint8)] == 255).any())
+
+
+# ---------------------------------------------------------------------------------------------------- input
+
+def read_vcf(path: PathLike) -> tuple[list[VariantRecord], str]:
+    """Records of a VCF or BCF (plain, gzip or bgzip) and its header text, including lines htslib added.
+
+    htslib adds a ``##contig`` / ``##INFO`` line for every name a record uses but the header lacks; the returned
+    header holds them, so a VCF written from it is valid.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a VCF/BCF htslib can read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such VCF file")
+    records = []
+    with _open_variant_file(path) as vcf:
+        for index, rec in enumerate(vcf):
+            alts = tuple(rec.alts or ())
+            records.append(VariantRecord(index, rec.chrom, rec.pos, rec.id or ".", rec.ref or "", alts))
+        header = str(vcf.header)
+    return records, header
+
+
+@contextlib.contextmanager
+def _open_variant_file(path: Path) -> Iterator:
+    import pysam
+
+    # A file object, not the name: pysam's open() asks for tell(), which plain-gzip VCFs do not support, while
+    # htslib reads them fine from a descriptor.
+    with open(path, "rb") as handle, _quiet_htslib(pysam):
+        try:
+            vcf = pysam.VariantFile(handle)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: not a readable VCF/BCF file ({err})") from None
+        try:
+            yield vcf
+        finally:
+            vcf.close()
+
+
+_TABLE_COLUMNS = {
+    "chrom": ("chrom", "#chrom", "chr", "chromosome", "contig", "seqname"),
+    "pos": ("pos", "position", "pos1", "start1"),
+    "ref": ("ref", "reference"),
+    "alt": ("alt", "alternate", "alts"),
+    "id": ("id", "name", "variant_id"),
+}
+
+
+def read_variant_table(path_or_frame: PathLike | pd.DataFrame) -> tuple[list[VariantRecord], pd.DataFrame]:
+    """Records of a variant table: TSV, CSV (optionally gzipped) or parquet, or a DataFrame.
+
+    Columns ``chrom``, ``pos`` (1-based), ``ref`` and ``alt`` are required (case-insensitive; ``#CHROM``,
+    ``position``, ... are accepted); ``id`` is optional. A comma-separated ``alt`` is a multi-allelic record.
+
+    Returns:
+        The records and the table itself (its other columns, e.g. labels, are carried to the output).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a required column is missing or a position is not an integer.
+    """
+    if isinstance(path_or_frame, pd.DataFrame):
+        table, label = path_or_frame.reset_index(drop=True), "<DataFrame>"
+    else:
+        path = Path(path_or_frame)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such variant table")
+        label = str(path)
+        name = path.name.lower().removesuffix(".gz")
+        if name.endswith((".parquet", ".pq")):
+            table = pd.read_parquet(path)
+        else:
+            table = pd.read_csv(path, sep="," if name.endswith(".csv") else "\t", dtype=str, keep_default_na=False)
+    found = {}
+    lower = {str(c).lower(): c for c in table.columns}
+    for key, names in _TABLE_COLUMNS.items():
+        column = next((lower[n] for n in names if n in lower), None)
+        if column is None and key != "id":
+            raise ValueError(f"{label}: no '{key}' column (columns: {', '.join(map(str, table.columns))})")
+        found[key] = column
+    try:
+        positions = pd.to_numeric(table[found["pos"]], errors="raise").astype(np.int64)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{label}: column '{found['pos']}' must hold integer positions ({err})") from None
+    records = []
+    for index, (chrom, pos, ref, alt) in enumerate(zip(table[found["chrom"]].astype(str), positions,
+                                                        table[found["ref"]].astype(str),
+                                                        table[found["alt"]].astype(str), strict=True)):
+        ident = "." if found["id"] is None else str(table[found["id"]].iloc[index]) or "."
+        alts = tuple(a.strip() for a in alt.split(",")) if alt.strip() not in ("", ".") else ()
+        records.append(VariantRecord(index, chrom.strip(), int(pos), ident, ref.strip(), alts))
+    return records, table
+
+
+def is_vcf_path(path: PathLike) -> bool:
+    """True for ``.vcf``, ``.vcf.gz``, ``.vcf.bgz`` and ``.bcf`` names."""
+    name = Path(path).name.lower()
+    return name.endswith((".vcf", ".vcf.gz", ".vcf.bgz", ".bcf"))
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+@dataclass(frozen=True)
+class InfoField:
+    """One INFO field written per ALT (``Number=A``)."""
+
+    id: str
+    column: str  # the score table's column it comes from
+    type: str  # "Float" or "String"
+    description: str
+
+
+INFO_FIELDS: tuple[InfoField, ...] = (
+    InfoField("DNAM_LLR", "llr", "Float", "dna_mamba zero-shot log-likelihood ratio log p(ALT) - log p(REF) over the "
+              "scored window (nats), mean of the forward and reverse-complement strands"),
+    InfoField("DNAM_LLR_FWD", "llr_fwd", "Float", "dna_mamba LLR on the forward strand (nats)"),
+    InfoField("DNAM_LLR_RC", "llr_rc", "Float", "dna_mamba LLR on the reverse-complement strand (nats)"),
+    InfoField("DNAM_EMB_COS", "emb_cos", "Float", "dna_mamba cosine distance between the REF and ALT window "
+              "embeddings (1 - cosine similarity, mean over strands)"),
+    InfoField("DNAM_EMB_L2", "emb_l2", "Float", "dna_mamba L2 distance between the REF and ALT window embeddings "
+              "(mean over strands)"),
+    InfoField("DNAM_SKIP", "skip_reason", "String", "why dna_mamba did not score this ALT: "
+              + "; ".join(f"{k} = {v}" for k, v in SKIP_REASONS.items())),
+)
+_OUR_INFO = re.compile(r"^##INFO=<ID=DNAM_")
+
+
+def write_scored_vcf(input_path: PathLike, output_path: PathLike, header: str, scores: pd.DataFrame,
+                     meta: Mapping[str, object] | None = None) -> Path:
+    """Copy a VCF/BCF to ``output_path`` with per-ALT INFO scores added; every input record is kept.
+
+    Records are copied as htslib formats them, with any earlier ``DNAM_*`` INFO entries replaced. Output is
+    bgzip-compressed and tabix-indexed when the name ends in ``.gz``/``.bgz`` (unindexed, with a warning, if
+    the input is not sorted), plain text otherwise.
+
+    Args:
+        input_path: the VCF/BCF that was scored.
+        output_path: ``.vcf``, ``.vcf.gz`` or ``.vcf.bgz``.
+        header: the input header as returned by :func:`read_vcf` (with htslib's additions).
+        scores: the score table (one row per allele with ``record_index``, ``alt_index`` and score columns).
+        meta: written as one ``##dna_mamba_scoring=`` header line (model, window, context, ...).
+    """
+    output_path = Path(output_path)
+    fields = [f for f in INFO_FIELDS if f.column in scores.columns]
+    per_record = _info_strings(scores, fields)
+    lines = _output_header(header, fields, meta)
+    compressed = output_path.name.lower().endswith((".gz", ".bgz"))
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    import pysam
+
+    opener = (lambda p: pysam.BGZFile(str(p), "wb")) if compressed else (lambda p: open(p, "wb"))
+    with opener(output_path) as out, _open_variant_file(Path(input_path)) as vcf:
+        out.write(("\n".join(lines) + "\n").encode())
+        for index, rec in enumerate(vcf):
+            columns = str(rec).rstrip("\n").split("\t")
+            kept = [e for e in columns[7].split(";") if e not in (".", "") and not e.startswith("DNAM_")]
+            columns[7] = ";".join(kept + per_record.get(index, [])) or "."
+            out.write(("\t".join(columns) + "\n").encode())
+    if compressed:
+        try:
+            with _quiet_htslib(pysam):
+                pysam.tabix_index(str(output_path), preset="vcf", force=True)
+        except (OSError, ValueError) as err:
+            warnings.warn(f"{output_path}: written but not indexed ({err}); sort the input to get a tabix index",
+                          stacklevel=2)
+    return output_path
+
+
+def _output_header(header: str, fields: Sequence[InfoField], meta: Mapping[str, object] | None) -> list[str]:
+    lines = [line for line in header.rstrip("\n").split("\n") if line and not _OUR_INFO.match(line)]
+    # Number=A arrived in VCF 4.1; declare a version that has it.
+    if lines and lines[0] in ("##fileformat=VCFv4.0", "##fileformat=VCFv3.3"):
+        lines[0] = "##fileformat=VCFv4.2"
+    ours = [f'##INFO=<ID={f.id},Number=A,Type={f.type},Description="{f.description}">' for f in fields]
+    if meta:
+        ours.append("##dna_mamba_scoring=<" + ",".join(f"{k}={_meta_value(v)}" for k, v in meta.items()) + ">")
+    return lines[:-1] + ours + lines[-1:]  # the last line is #CHROM
+
+
+def _meta_value(value: object) -> str:
+    text = str(value)
+    return f'"{text}"' if re.search(r'[,<>="\s]', text) else text
+
+
+def _info_strings(scores: pd.DataFrame, fields: Sequence[InfoField]) -> dict[int, list[str]]:
+    """``record_index -> ["DNAM_LLR=0.1,.", ...]`` with one value per ALT ('.' where missing)."""
+    out: dict[int, list[str]] = {}
+    ordered = scores.sort_values(["record_index", "alt_index"])
+    for record_index, group in ordered.groupby("record_index", sort=False):
+        entries = []
+        for field in fields:
+            values = [_format_value(v, field.type) for v in group[field.column]]
+            if any(v != "." for v in values):
+                entries.append(f"{field.id}={','.join(values)}")
+        out[int(record_index)] = entries
+    return out
+
+
+def _format_value(value: object, kind: str) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "."
+    if kind == "Float":
+        return f"{float(value):.6g}"
+    return str(value) or "."
+
+
+SCORE_COLUMNS = ("chrom", "pos", "id", "ref", "alt", "llr", "llr_fwd", "llr_rc", "emb_cos", "emb_l2",
+                 "n_scored", "skip_reason")
+
+
+def write_scores_tsv(scores: pd.DataFrame, path: PathLike, extra: pd.DataFrame | None = None) -> Path:
+    """One row per ALT allele: position, alleles, scores and skip reason (gzip when the name ends in .gz).
+
+    Args:
+        scores: the score table.
+        path: output path.
+        extra: the input table, whose other columns (e.g. labels) are joined on the record index.
+    """
+    path = Path(path)
+    columns = [c for c in SCORE_COLUMNS if c in scores.columns]
+    table = scores[columns + ["record_index"]].copy()
+    if extra is not None:
+        known = {n for names in _TABLE_COLUMNS.values() for n in names}
+        carried = extra.drop(columns=[c for c in extra.columns if str(c).lower() in known])
+        carried = carried.rename(columns={c: f"{c}_input" for c in carried.columns if c in table.columns})
+        table = table.merge(carried, left_on="record_index", right_index=True, how="left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wt") as handle:
+        table.drop(columns="record_index").to_csv(handle, sep="\t", index=False, na_rep="NA", float_format="%.6g")
+    return path

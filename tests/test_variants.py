@@ -1,0 +1,462 @@
+"""Variant scoring: allele checks, the score's definition, cached = naive, VCF/TSV round trips, mutagenesis, CLI."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pandas as pd
+import pysam
+import pytest
+import torch
+
+from dna_mamba.baselines import MarkovModel
+from dna_mamba.model import DnaMambaConfig, DnaMambaLM, save_pretrained
+from dna_mamba.tasks.mutagenesis import saturation_mutagenesis
+from dna_mamba.tasks.variant_classifier import build_feature_matrix, cross_validate_classifier
+from dna_mamba.tasks.variants import (
+    ScoringConfig,
+    default_human_model,
+    load_scoring_model,
+    markov_llr,
+    prefix_anchor,
+    score_alleles,
+    score_variants,
+)
+from dna_mamba.tasks.variants_cli import main, parse_region
+from dna_mamba.tasks.vcf_io import (
+    ReferenceGenome,
+    VariantRecord,
+    prepare_alleles,
+    read_variant_table,
+    read_vcf,
+    trim_alleles,
+)
+from dna_mamba.tokenizer import N, decode, encode, reverse_complement
+
+RNG = np.random.default_rng(7)
+CONTIG = "".join(RNG.choice(list("ACGT"), 180))  # the FASTA calls it chr7; records say 7
+CHR20 = "human/GRCh37_chr20.fa.gz"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: thread start-up costs more than the arithmetic.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _supports_float64() -> bool:
+    model = DnaMambaLM(DnaMambaConfig(d_model=8, n_layer=1, d_state=2)).double()
+    try:
+        model(torch.zeros(1, 3, dtype=torch.long))
+    except ValueError:  # a kernel that accepts only fp32/fp16/bf16
+        return False
+    return True
+
+
+FLOAT64 = _supports_float64()
+# float64 shows that cached and naive compute the same function; float32 only that they agree to round-off.
+TOL = dict(rtol=1e-9, atol=1e-9) if FLOAT64 else dict(rtol=1e-4, atol=2e-5)
+
+
+def tiny_model(seed: int = 0) -> DnaMambaLM:
+    torch.manual_seed(seed)
+    model = DnaMambaLM(DnaMambaConfig(d_model=16, n_layer=2, d_state=4))
+    with torch.no_grad():  # move parameters off their init so every path of the block matters
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return (model.double() if FLOAT64 else model).eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> DnaMambaLM:
+    return tiny_model()
+
+
+@pytest.fixture
+def reference() -> ReferenceGenome:
+    return ReferenceGenome.from_sequences({"chr7": CONTIG, "chrM": CONTIG[:50]})
+
+
+def records(*rows) -> list[VariantRecord]:
+    return [VariantRecord(i, chrom, pos, ".", ref, tuple(alts)) for i, (chrom, pos, ref, alts) in enumerate(rows)]
+
+
+def base(pos: int) -> str:
+    """Reference base at a 1-based position."""
+    return CONTIG[pos - 1]
+
+
+def other(b: str) -> str:
+    return "G" if b != "G" else "T"
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+def test_trim_alleles():
+    assert trim_alleles(9, "A", "G") == (9, "A", "G")
+    assert trim_alleles(9, "CTCTT", "C") == (10, "TCTT", "")  # VCF anchor base removed
+    assert trim_alleles(9, "G", "GAC") == (10, "", "AC")
+    assert trim_alleles(9, "ACGT", "ACTT") == (11, "G", "T")  # shared prefix and suffix
+    assert trim_alleles(9, "AT", "GT") == (9, "A", "G")
+
+
+def test_allele_checks_name_each_reason(reference):
+    rows = records(
+        ("7", 10, base(10), [other(base(10))]),  # ok, contig harmonised 7 -> chr7
+        ("chr7", 11, other(base(11)), ["A"]),  # REF mismatch
+        ("chr9", 5, "A", ["C"]),  # unknown contig
+        ("7", 12, base(12), ["<DEL>"]),  # symbolic
+        ("7", 13, base(13), ["*"]),  # spanning deletion
+        ("7", 14, base(14), []),  # missing ALT '.'
+        ("7", 15, base(15), [other(base(15)), "<INS>", base(15) + "AC"]),  # multi-allelic, one symbolic
+        ("7", 16, base(16), ["X"]),  # not a base
+        ("7", 180, base(180) + "A", ["A"]),  # REF runs past the contig end
+        ("7", 0, "A", ["C"]),  # POS 0
+        ("MT", 3, CONTIG[2], [other(CONTIG[2])]),  # MT -> chrM
+        ("7", 17, base(17).lower(), [other(base(17)).lower()]),  # soft-masked case is fine
+    )
+    alleles = prepare_alleles(rows, reference)
+    got = [(a.record.index, a.alt, a.skip) for a in alleles]
+    assert got == [
+        (0, other(base(10)), None),
+        (1, "A", "ref_mismatch"),
+        (2, "C", "unknown_contig"),
+        (3, "<DEL>", "symbolic_alt"),
+        (4, "*", "symbolic_alt"),
+        (5, ".", "missing_alt"),
+        (6, other(base(15)), None),
+        (6, "<INS>", "symbolic_alt"),
+        (6, base(15) + "AC", None),
+        (7, "X", "invalid_allele"),
+        (8, "A", "out_of_range"),
+        (9, "C", "out_of_range"),
+        (10, other(CONTIG[2]), None),
+        (11, other(base(17)).lower(), None),
+    ]
+    assert alleles[0].contig == "chr7" and alleles[12].contig == "chrM"
+    assert (alleles[8].start, alleles[8].ref_bases, alleles[8].alt_bases) == (15, "", "AC")
+
+
+# ------------------------------------------------------------------------------------------------ the score
+
+
+def direct_llr(model, contig: str, pos1: int, ref: str, alt: str, window: int, context: int, strand: str):
+    """The documented definition, computed from explicit haplotype sequences with one plain forward each."""
+    start, ref, alt = trim_alleles(pos1 - 1, ref, alt)
+    seq = encode(contig)
+    ref_ids, alt_ids = encode(ref), encode(alt)
+    if strand == "-":
+        start = len(seq) - start - len(ref_ids)
+        seq, ref_ids, alt_ids = (np.ascontiguousarray(reverse_complement(x)) for x in (seq, ref_ids, alt_ids))
+    anchor = prefix_anchor(start, context)
+    padded = np.concatenate([np.full(max(0, -anchor), N), seq, np.full(window + 8, N)]).astype(np.uint8)
+    offset = max(0, -anchor)
+    prefix = padded[anchor + offset:start + offset]
+    ref_win = padded[start + offset:start + offset + window]
+    alt_win = np.concatenate([alt_ids, padded[start + offset + len(ref_ids):]])[:window]
+    log_probs = []
+    for win in (ref_win, alt_win):
+        ids = torch.as_tensor(np.concatenate([prefix, win]), dtype=torch.long)[None]
+        with torch.no_grad():
+            hidden = model(ids, output_hidden_states=True).hidden_states[-1][0]  # after the final norm
+            logp = torch.log_softmax(hidden @ model.lm_head.weight.T, dim=-1)
+        targets = ids[0, len(prefix):]
+        log_probs.append(logp[len(prefix) - 1:len(prefix) - 1 + window].gather(-1, targets[:, None])[:, 0])
+    valid = torch.as_tensor((ref_win != N) & (alt_win != N))
+    count = int(valid.sum())
+    return (float((log_probs[1] - log_probs[0])[valid].sum()) if count else np.nan), count
+
+
+CASES = [  # (pos, ref, alt): SNV, MNP, insertion, deletion, position 1, last base, deletion reaching the end
+    (40, base(40), other(base(40))),
+    (41, base(41) + base(42), other(base(41)) + other(base(42))),
+    (43, base(43), base(43) + "TTAG"),
+    (44, base(44) + base(45) + base(46), base(44)),
+    (1, base(1), other(base(1))),
+    (180, base(180), other(base(180))),
+    (176, CONTIG[175:], base(176)),
+]
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "naive"])
+def test_scores_follow_the_definition(model, reference, cached):
+    window, context = 12, 16
+    config = ScoringConfig(window=window, context=context, cached=cached, batch_size=5, snapshot_stride=3)
+    table = score_variants(model, reference, [("7", *case) for case in CASES], config).table
+    for row, (pos, ref, alt) in zip(table.itertuples(), CASES, strict=True):
+        fwd, n_fwd = direct_llr(model, CONTIG, pos, ref, alt, window, context, "+")
+        rc, n_rc = direct_llr(model, CONTIG, pos, ref, alt, window, context, "-")
+        np.testing.assert_allclose([row.llr_fwd, row.llr_rc, row.llr], [fwd, rc, np.nanmean([fwd, rc])], **TOL)
+        assert row.n_scored == n_fwd + n_rc
+        assert row.skip_reason is None
+    # Position 1 and the contig end are scored, with N padding counted out of the window; a deletion of the contig's
+    # last bases leaves only N in the forward ALT window, so only its reverse strand counts.
+    first, last, end_deletion = table.iloc[4], table.iloc[5], table.iloc[6]
+    assert first.n_scored == window + 1 and last.n_scored == 1 + window
+    assert np.isnan(end_deletion.llr_fwd) and end_deletion.llr == end_deletion.llr_rc
+
+
+@pytest.mark.parametrize("stride, stream_tokens", [(512, 1 << 21), (5, 48)], ids=["stride=context", "stride=5"])
+def test_cached_equals_naive_for_close_variants(model, reference, stride, stream_tokens):
+    # Variants closer together than the window, several ALTs and REF lengths at one position, both strands and
+    # several grid cells; small batches so snapshots from different cells share a forward pass. With stride 5 and
+    # two cells per reference pass, rows stop at different steps and snapshots fall between variants.
+    rows = [("chr7", p, base(p), other(base(p))) for p in (30, 31, 33, 36, 47, 48, 95, 120)]
+    rows += [("chr7", 31, base(31), "A" if base(31) != "A" else "C"), ("chr7", 31, base(31) + base(32), base(31)),
+             ("chr7", 33, base(33), base(33) + "GG")]
+    results = {}
+    for cached in (True, False):
+        config = ScoringConfig(window=20, context=24, cached=cached, batch_size=4, keep_embedding_diffs=True,
+                               snapshot_stride=stride, stream_tokens=stream_tokens)
+        results[cached] = score_variants(model, reference, rows, config)
+    a, b = results[True].table, results[False].table
+    for column in ("llr_fwd", "llr_rc", "llr", "emb_cos", "emb_l2"):
+        np.testing.assert_allclose(a[column], b[column], **TOL, err_msg=column)
+    np.testing.assert_allclose(results[True].embedding_diffs, results[False].embedding_diffs, **TOL)
+    assert a["llr"].notna().all() and (a["n_scored"] == b["n_scored"]).all()
+
+
+def test_embedding_layer_and_forward_strand(model, reference):
+    rows = [("chr7", 60, base(60), other(base(60)))]
+    final = score_variants(model, reference, rows, ScoringConfig(window=8, context=16, strands="forward")).table
+    first = score_variants(model, reference, rows, ScoringConfig(window=8, context=16, layer=1)).table
+    assert "llr_rc" not in final.columns and final.llr[0] == final.llr_fwd[0]
+    assert final.emb_cos[0] != first.emb_cos[0]
+    with pytest.raises(ValueError, match="layer"):
+        score_variants(model, reference, rows, ScoringConfig(layer=5))
+
+
+def test_all_n_window_is_reported():
+    ref = ReferenceGenome.from_sequences({"chr1": "ACGT" + "N" * 30 + "ACGT"})
+    table = score_variants(tiny_model(), ref, [("chr1", 15, "N", "A")], ScoringConfig(window=4, context=4)).table
+    assert table.skip_reason[0] == "all_n_window" and np.isnan(table.llr[0])
+
+
+# ------------------------------------------------------------------------------------------------ real data
+
+
+def test_real_chr20_vcfs_check_against_grch37(shared_data):
+    with ReferenceGenome(shared_data / CHR20) as reference:
+        for name, n_indels in [("pysam_1000G_chr20_300snv.vcf.gz", 0), ("pysam_chr20_977indel.vcf.gz", 1012),
+                               ("vt_normalize_chr20_194indel.vcf.gz", 194)]:
+            records_, header = read_vcf(shared_data / "variants" / "chr20_grch37" / name)
+            alleles = prepare_alleles(records_, reference)
+            skips = pd.Series([a.skip for a in alleles]).value_counts()
+            assert "##contig=<ID=20" in header
+            assert len(records_) in (300, 977, 194)
+            assert "unknown_contig" not in skips and "ref_mismatch" not in skips, (name, skips)
+            changes = [(len(a.ref_bases), len(a.alt_bases)) for a in alleles if a.skip is None]
+            assert len(changes) == len(alleles)  # every allele checks out against GRCh37
+            assert sum(r != a for r, a in changes) == n_indels  # the Platypus file also holds 8 SNVs/MNPs
+
+
+def test_mitomap_table_harmonises_mt_to_chrm(shared_data):
+    records_, table = read_variant_table(shared_data / "variants" / "chrM_mitomap" / "chrM_labeled_snvs.tsv")
+    with ReferenceGenome(shared_data / "human" / "rCRS_chrM.fa") as reference:
+        alleles = prepare_alleles(records_, reference)
+    assert len(records_) == 416 and {a.contig for a in alleles} == {"chrM"}
+    assert all(a.skip is None for a in alleles)
+    assert table["label"].nunique() == 2
+
+
+def _subset_vcf(source, target, n: int, before: list[str] = (), after: list[str] = (),
+                header_lines: list[str] = ()) -> None:
+    """The first n records of a real VCF, with extra records before and after them (kept sorted for tabix)."""
+    with gzip.open(source, "rt") as handle:
+        lines = handle.read().splitlines()
+    header = [line for line in lines if line.startswith("#")]
+    header[-1:-1] = header_lines
+    body = [line for line in lines if not line.startswith("#")][:n]
+    target.write_text("\n".join(header + list(before) + body + list(after)) + "\n")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    save_pretrained(tiny_model().float(), path)
+    return path
+
+
+def test_cli_scores_real_vcf_and_output_parses_back(shared_data, model_dir, tmp_path, capsys):
+    src = shared_data / "variants" / "chr20_grch37"
+    vcf = tmp_path / "in.vcf"
+    _subset_vcf(src / "vt_normalize_chr20_194indel.vcf.gz", vcf, 6, before=[
+        "20\t1\t.\tN\tA\t.\tPASS\t.",  # position 1 (the reference is N there)
+    ], after=[
+        "20\t63025519\t.\tN\t.\t.\tPASS\t.",  # missing ALT
+        "20\t63025520\t.\tN\tA,<DEL>\t.\tPASS\t.",  # the last base of chr20, plus a symbolic ALT
+        "20\t63025520\t.\tA\tG\t.\tPASS\t.",  # REF mismatch
+        "chr21\t100\t.\tA\tG\t.\tPASS\t.",  # unknown contig
+    ])
+    out = tmp_path / "out.vcf.gz"
+    table_out = tmp_path / "out.tsv"
+    code = main(["score-vcf", "--model", str(model_dir), "--fasta", str(shared_data / CHR20), "--vcf", str(vcf),
+                 "--out", str(out), "--tsv", str(table_out), "--window", "16", "--context", "32", "--no-progress"])
+    assert code == 0
+    assert "skipped 6 alleles" in capsys.readouterr().err
+    assert (tmp_path / "out.vcf.gz.tbi").is_file()
+
+    reader = pysam.VariantFile(str(out))
+    for field in ("DNAM_LLR", "DNAM_LLR_FWD", "DNAM_LLR_RC", "DNAM_EMB_COS", "DNAM_EMB_L2", "DNAM_SKIP"):
+        assert reader.header.info[field].number == "A"
+    got = [(r.chrom, r.pos, r.alts, r.info.get("DNAM_LLR"), r.info.get("DNAM_SKIP")) for r in reader]
+    assert len(got) == 11  # every record kept
+    scores = pd.read_csv(table_out, sep="\t")
+    assert len(scores) == 12
+    for (_, _, _, llr, skip), row in zip(got[1:7], scores.iloc[1:7].itertuples(), strict=True):
+        assert skip is None and llr[0] == pytest.approx(row.llr, rel=1e-5)
+    # Position 1 and the contig end are N in GRCh37 chr20: checked (REF N matches) but every window base is N.
+    assert got[0][4] == ("all_n_window",)
+    assert [g[4] for g in got[7:]] == [("missing_alt",), ("all_n_window", "symbolic_alt"), ("ref_mismatch",),
+                                       ("unknown_contig",)]
+    assert got[7][2] is None and got[10][0] == "chr21"
+
+
+def test_cli_reads_bcf_and_plain_gzip_vcf(shared_data, model_dir, tmp_path):
+    folder = shared_data / "variants" / "chr20_grch37"  # plain gzip, not bgzip
+    assert len(read_vcf(folder / "pysam_1000G_chr20_300snv.vcf.gz")[0]) == 300
+    vcf = tmp_path / "in.vcf"
+    _subset_vcf(folder / "vt_normalize_chr20_194indel.vcf.gz", vcf, 4)
+    bcf = tmp_path / "in.bcf"
+    with pysam.VariantFile(str(vcf)) as reader, pysam.VariantFile(str(bcf), "wb", header=reader.header) as writer:
+        for rec in reader:
+            writer.write(rec)
+    outs = []
+    for source in (vcf, bcf):
+        out = tmp_path / f"{source.suffix[1:]}.vcf"
+        main(["score-vcf", "--model", str(model_dir), "--fasta", str(shared_data / CHR20), "--vcf", str(source),
+              "--out", str(out), "--window", "8", "--context", "16", "--strands", "forward", "--no-embeddings",
+              "--no-progress"])
+        outs.append([rec.info["DNAM_LLR"] for rec in pysam.VariantFile(str(out))])
+    assert outs[0] == outs[1] and len(outs[0]) == 4
+    assert "DNAM_LLR_RC" not in pysam.VariantFile(str(tmp_path / "vcf.vcf")).header.info
+
+
+@pytest.mark.parametrize("suffix", [".tsv", ".csv", ".parquet"])
+def test_cli_table_input_keeps_extra_columns(model_dir, tmp_path, suffix):
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">chr7 test\n" + "\n".join(CONTIG[i:i + 60] for i in range(0, len(CONTIG), 60)) + "\n")
+    frame = pd.DataFrame({"chrom": ["7", "7", "chr7"], "pos": [20, 21, 22],
+                          "ref": [base(20), base(21), "A" if base(22) != "A" else "C"],
+                          "alt": [other(base(20)), f"{other(base(21))},<DEL>", "G"], "label": ["x", "y", "z"]})
+    table = tmp_path / f"in{suffix}"
+    if suffix == ".parquet":
+        frame.to_parquet(table)
+    else:
+        frame.to_csv(table, sep="\t" if suffix == ".tsv" else ",", index=False)
+    out = tmp_path / "out.tsv"
+    assert main(["score-vcf", "--model", str(model_dir), "--fasta", str(fasta), "--table", str(table),
+                 "--out", str(out), "--window", "8", "--context", "16", "--no-progress"]) == 0
+    scored = pd.read_csv(out, sep="\t")
+    assert list(scored["label"]) == ["x", "y", "y", "z"]
+    assert list(scored["skip_reason"].fillna("")) == ["", "", "symbolic_alt", "ref_mismatch"]
+
+
+def test_cli_user_errors_are_one_line(model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["score-vcf", "--model", str(model_dir), "--fasta", str(tmp_path / "missing.fa"), "--vcf",
+              str(tmp_path / "x.vcf"), "--out", str(tmp_path / "o.vcf")])
+    assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["score-vcf", "--fasta", "x.fa", "--vcf", "x.vcf", "--out", str(tmp_path / "o.tsv")])
+    assert "must be a VCF" in capsys.readouterr().err
+
+
+def test_read_fasta_without_index_falls_back_to_memory(tmp_path):
+    fasta = tmp_path / "ref.fa.gz"
+    with gzip.open(fasta, "wt") as handle:  # plain gzip: pysam cannot index it
+        handle.write(">chr7\n" + CONTIG + "\n")
+    with ReferenceGenome(fasta) as reference:
+        assert reference.lengths == {"chr7": 180}
+        assert decode(reference.fetch("chr7", -2, 3)) == "NN" + CONTIG[:3]
+        assert decode(reference.fetch_strand("chr7", "-", 0, 3)) == decode(reverse_complement(encode(CONTIG[-3:])))
+
+
+# ------------------------------------------------------------------------------------------------ mutagenesis
+
+
+def test_mutagenesis_equals_variant_scores(model, reference):
+    config = ScoringConfig(window=8, context=16, batch_size=9, embeddings=False)
+    result = saturation_mutagenesis(model, reference, "7", 25, 45, config)
+    table = result.table()
+    assert len(table) == 60 and set(table["pos"]) == set(range(26, 46))
+    rows = [("chr7", int(r.pos), r.ref, r.alt) for r in table.itertuples()]
+    expected = score_variants(model, reference, rows, config).table
+    for column in ("llr_fwd", "llr_rc", "llr"):
+        np.testing.assert_allclose(table[column], expected[column], **TOL, err_msg=column)
+    per_position = result.per_position("min")
+    assert per_position[0] == pytest.approx(table["llr"][:3].min())
+
+
+def test_mutagenesis_cli_writes_tsv_bedgraph_and_plot(model_dir, tmp_path):
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">chr7\n" + CONTIG[:60] + "NN" + CONTIG[60:100] + "\n")
+    prefix = tmp_path / "ism"
+    assert main(["mutagenesis", "--model", str(model_dir), "--fasta", str(fasta), "--region", "7:55-66",
+                 "--out", str(prefix), "--window", "6", "--context", "8", "--no-progress"]) == 0
+    tsv = pd.read_csv(f"{prefix}.tsv", sep="\t")
+    assert len(tsv) == 10 * 3 and set(tsv["chrom"]) == {"chr7"}  # the two N positions have no substitutions
+    lines = open(f"{prefix}.bedGraph").read().splitlines()
+    assert lines[0].startswith("track type=bedGraph") and len(lines) == 11
+    assert lines[1].split("\t")[:3] == ["chr7", "54", "55"]
+    assert (tmp_path / "ism.png").stat().st_size > 1000
+
+
+def test_parse_region():
+    assert parse_region("chr20:1,000,001-1,010,000") == ("chr20", 1_000_000, 1_010_000)
+    with pytest.raises(ValueError):
+        parse_region("chr20:10-5")
+
+
+# ------------------------------------------------------------------------------------------------ supervised
+
+
+def test_supervised_features_and_cross_validation(model, reference):
+    rows = [("chr7", p, base(p), alt) for p in range(30, 70) for alt in "ACGT" if alt != base(p)]
+    result = score_variants(model, reference, rows, ScoringConfig(window=8, context=16, keep_embedding_diffs=True))
+    X, names = build_feature_matrix(result, include_embedding_diffs=True)
+    assert X.shape == (120, 5 + 16) and names[:2] == ["llr", "llr_fwd"]
+    # Labels that a linear model over these features can recover, to show the folds and scaling work.
+    labels = result.table["llr"] > result.table["llr"].median()
+    cv = cross_validate_classifier(X, labels, n_splits=4, feature_names=names)
+    assert len(cv.fold_auroc) == 4 and cv.mean_auroc > 0.9 and cv.used.all()
+    with pytest.raises(ValueError, match="two label classes"):
+        cross_validate_classifier(X, np.ones(len(X)))
+
+
+def test_markov_baseline_uses_the_same_windows(reference):
+    markov = MarkovModel(order=3).fit(encode(CONTIG))
+    window = 10
+    cases = [(60, base(60), other(base(60))), (43, base(43), base(43) + "TTAG"), (44, base(44) + base(45), base(44))]
+    alleles = prepare_alleles(records(*[("chr7", pos, ref, [alt]) for pos, ref, alt in cases]), reference)
+    table = markov_llr(markov, reference, alleles, ScoringConfig(window=window))
+    for row, allele in zip(table.itertuples(), alleles, strict=True):
+        s, ref, alt = allele.start, encode(allele.ref_bases), encode(allele.alt_bases)
+        seq = encode(CONTIG)
+        haplotypes = (seq, np.concatenate([seq[:s], alt, seq[s + len(ref):]]))
+        fwd = [markov.log_prob_per_position(h)[s:s + window].sum() for h in haplotypes]
+        q = len(seq) - s - len(ref)  # the variant's start on either haplotype's reverse complement
+        rc = [markov.log_prob_per_position(np.ascontiguousarray(reverse_complement(h)))[q:q + window].sum()
+              for h in haplotypes]
+        np.testing.assert_allclose([row.llr_fwd, row.llr_rc], [fwd[1] - fwd[0], rc[1] - rc[0]], rtol=1e-6)
+
+
+def test_default_human_model_is_optional():
+    path = default_human_model()
+    if path is None:
+        with pytest.raises(FileNotFoundError, match="human model"):
+            load_scoring_model(None)
+    else:
+        assert load_scoring_model(None).config.n_layer >= 1
+
+
+def test_score_alleles_keeps_skipped_rows(model, reference):
+    alleles = prepare_alleles(records(("chr7", 10, base(10), ["<DEL>", other(base(10))])), reference)
+    result = score_alleles(model, reference, alleles, ScoringConfig(window=4, context=8))
+    assert list(result.table["skip_reason"]) == ["symbolic_alt", None]
+    assert result.skipped().to_dict() == {"symbolic_alt": 1}
