@@ -30,3 +30,18 @@ def report_user_errors(debug: bool = False):
         print("error: out of memory; lower the context, trainer.micro_batch_tokens or the model size",
               file=sys.stderr)
         sys.exit(1)
+    except RuntimeError as err:
+        if debug or not _is_device_out_of_memory(err):
+            raise
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"error: GPU out of memory ({first_line}). Lower the memory per step: "
+              "trainer.segment_len=65536 (segment checkpointing), trainer.activation_checkpointing=true, "
+              "a smaller trainer.micro_batch_tokens, or a shorter context", file=sys.stderr)
+        print("(run with --debug for the full traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+def _is_device_out_of_memory(err: BaseException) -> bool:
+    # torch is imported only if the run got that far, which keeps this module free to import for the CLI.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(err, torch.OutOfMemoryError)

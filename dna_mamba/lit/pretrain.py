@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dna_mamba.model import DnaMambaConfig, DnaMambaLM
+from dna_mamba.model.segments import segmented_lm_loss
 from dna_mamba.tokenizer import N
 
 LN2 = math.log(2.0)
@@ -59,17 +60,68 @@ class NonFiniteLossError(RuntimeError):
     """Training produced too many non-finite losses in a row."""
 
 
+def warmup_seq_len(step: int, max_steps: int, seq_len: int, warmup_fraction: float, min_len: int = 1024) -> int:
+    """Training window length at optimizer ``step`` under the Mamba paper's sequence-length warm-up.
+
+    Training starts at ``seq_len / 2^k`` (the shortest halving of ``seq_len`` that is still >= ``min_len``; 1k for
+    a power-of-two context) and doubles in equal stages over the first ``warmup_fraction * max_steps`` steps, then
+    stays at ``seq_len``. Every stage length divides ``seq_len``, so a (B, seq_len) batch reshapes into shorter
+    windows with the same tokens per step.
+    """
+    halvings = 0
+    while seq_len % 2 ** (halvings + 1) == 0 and seq_len // 2 ** (halvings + 1) >= min_len:
+        halvings += 1
+    warmup_steps = int(warmup_fraction * max_steps)
+    if halvings == 0 or step >= warmup_steps:
+        return seq_len
+    stage = step * halvings // warmup_steps  # 0 .. halvings - 1, equal numbers of steps each
+    return seq_len >> (halvings - stage)
+
+
 class PretrainModule(L.LightningModule):
-    def __init__(self, model_config: DnaMambaConfig | dict, optim: OptimConfig | dict | None = None):
+    """Next-token pretraining with optional memory savers and a sequence-length warm-up.
+
+    Args:
+        model_config: the model to build.
+        optim: AdamW and schedule settings.
+        segment_len: when set and shorter than the training windows, the loss is computed by segment checkpointing
+            (``dna_mamba.model.segments``): activations for one segment at a time, exact gradients.
+        activation_checkpointing: recompute each block's activations in the backward instead of storing them.
+        seq_warmup_fraction: fraction of ``max_steps`` spent warming the window length up from ``seq_warmup_min_len``
+            (see :func:`warmup_seq_len`); 0 trains at the full length throughout.
+        seq_warmup_min_len: the shortest warm-up window (the paper starts at 1k).
+    """
+
+    def __init__(
+        self,
+        model_config: DnaMambaConfig | dict,
+        optim: OptimConfig | dict | None = None,
+        segment_len: int | None = None,
+        activation_checkpointing: bool = False,
+        seq_warmup_fraction: float = 0.0,
+        seq_warmup_min_len: int = 1024,
+    ):
         super().__init__()
         if isinstance(model_config, dict):
             model_config = DnaMambaConfig.from_dict(model_config)
         if optim is None or isinstance(optim, dict):
             optim = OptimConfig(**(optim or {}))
+        if segment_len is not None and segment_len < 1:
+            raise ValueError(f"trainer.segment_len must be positive or null, got {segment_len}")
+        if not 0 <= seq_warmup_fraction < 1:
+            raise ValueError(f"trainer.seq_warmup_fraction must be in [0, 1), got {seq_warmup_fraction}")
         # Plain dicts in hparams: checkpoints stay loadable without pickled dataclasses.
-        self.save_hyperparameters({"model_config": model_config.to_dict(), "optim": vars(optim)})
+        self.save_hyperparameters({
+            "model_config": model_config.to_dict(), "optim": vars(optim), "segment_len": segment_len,
+            "activation_checkpointing": activation_checkpointing, "seq_warmup_fraction": seq_warmup_fraction,
+            "seq_warmup_min_len": seq_warmup_min_len,
+        })
         self.model = DnaMambaLM(model_config)
+        self.model.gradient_checkpointing = activation_checkpointing
         self.optim = optim
+        self.segment_len = segment_len
+        self.seq_warmup_fraction = seq_warmup_fraction
+        self.seq_warmup_min_len = seq_warmup_min_len
         self._bad_steps = 0
         self._val_nll = 0.0
         self._val_count = 0
@@ -78,8 +130,16 @@ class PretrainModule(L.LightningModule):
         return self.model(tokens).logits
 
     def training_step(self, batch: torch.Tensor, batch_idx: int):
-        logits = self.model(batch).logits
-        nll, count = lm_nll_sum(logits, batch)
+        if self.seq_warmup_fraction > 0:
+            window = warmup_seq_len(self.global_step, self.trainer.max_steps, batch.shape[1],
+                                    self.seq_warmup_fraction, self.seq_warmup_min_len)
+            # Consecutive sub-windows of each window: the same tokens per step at a shorter context.
+            batch = batch.reshape(-1, window)
+            self.log("train/seq_len", float(window))
+        if self.segment_len is not None and self.segment_len < batch.shape[1]:
+            nll, count = segmented_lm_loss(self.model, batch, self.segment_len)
+        else:
+            nll, count = lm_nll_sum(self.model(batch).logits, batch)
         loss = nll / count.clamp(min=1)
         if not torch.isfinite(loss):
             # Returning None makes Lightning skip this optimizer step; the last good checkpoint stays on disk.
@@ -115,7 +175,9 @@ class PretrainModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = self.optim
-        fused = self.device.type == "cuda"
+        # Lightning refuses to clip gradients of a fused optimizer under mixed precision; foreach is nearly as fast.
+        clipping = bool(self.trainer.gradient_clip_val) if self._trainer is not None else False
+        fused = self.device.type == "cuda" and not clipping
         optimizer = torch.optim.AdamW(
             self.model.param_groups(opt.weight_decay), lr=opt.lr, betas=(opt.beta1, opt.beta2), fused=fused
         )

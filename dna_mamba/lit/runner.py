@@ -69,6 +69,10 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     limit_val_batches: int | float | None = None
     deterministic: bool = False
+    # Memory savers for long contexts (see PretrainModule); both recompute in the backward and give exact gradients.
+    segment_len: int | None = None  # positions per checkpointed segment; None: the whole window in one pass
+    activation_checkpointing: bool = False  # recompute each block's activations in the backward
+    seq_warmup_fraction: float = 0.0  # of max_steps, doubling the window from 1k up to the context (Mamba paper)
 
 
 def _resolve_resume(resume: str | None, out_dir: Path) -> str | None:
@@ -130,7 +134,9 @@ def run_pretraining(
 
     datamodule = GenomeDataModule(data_config, seq_len=plan.seq_len, batch_size=plan.batch_size,
                                   progress=trainer_config.enable_progress_bar)
-    module = PretrainModule(model_config, optim_config)
+    module = PretrainModule(model_config, optim_config, segment_len=trainer_config.segment_len,
+                            activation_checkpointing=trainer_config.activation_checkpointing,
+                            seq_warmup_fraction=trainer_config.seq_warmup_fraction)
     if init_from:
         load_initial_weights(module, init_from)
 

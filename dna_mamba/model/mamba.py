@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dna_mamba.kernels import causal_conv1d, selective_scan
 from dna_mamba.model.config import DnaMambaConfig
@@ -202,6 +203,8 @@ class DnaMambaLM(nn.Module):
         self.norm_f = RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.lm_head.weight = self.embedding.weight  # tied
+        # Recompute each block's activations in the backward instead of storing them (per-layer checkpointing).
+        self.gradient_checkpointing = False
         self.apply(self._init_weights)
         _no_weight_decay(self.embedding.weight)
 
@@ -243,7 +246,11 @@ class DnaMambaLM(nn.Module):
         hidden_states = [x] if output_hidden_states else None
         new_states = [] if return_state else None
         for i, layer in enumerate(self.layers):
-            x, layer_state = layer(x, None if state is None else state[i], return_state)
+            layer_state = None if state is None else state[i]
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x, layer_state = checkpoint(layer, x, layer_state, return_state, use_reentrant=False)
+            else:
+                x, layer_state = layer(x, layer_state, return_state)
             if return_state:
                 new_states.append(layer_state)
             if output_hidden_states:
