@@ -4,6 +4,8 @@
     dna-mamba train [hydra overrides]               pretrain (same as python -m dna_mamba.train)
     dna-mamba export RUN/checkpoints/last.ckpt --out MODEL_DIR
     dna-mamba embed --model DIR --fasta REF --bed REGIONS --out emb.parquet
+    dna-mamba score-vcf --model DIR --fasta REF --vcf IN.vcf.gz --out OUT.vcf.gz
+    dna-mamba mutagenesis --model DIR --fasta REF --region chrM:1-500 --out PREFIX
     dna-mamba info MODEL_DIR                        what a saved model is
     dna-mamba prepare-species MANIFEST --out DIR    species manifest -> stores + split
     dna-mamba species-sweep MANIFEST --out DIR      species accuracy against context length
@@ -55,6 +57,18 @@ def _cmd_embed(argv: list[str]) -> int:
     return embed_main(argv)
 
 
+def _cmd_score_vcf(argv: list[str]) -> int:
+    from dna_mamba.tasks.variants_cli import score_vcf_main
+
+    return score_vcf_main(argv)
+
+
+def _cmd_mutagenesis(argv: list[str]) -> int:
+    from dna_mamba.tasks.variants_cli import mutagenesis_main
+
+    return mutagenesis_main(argv)
+
+
 def _cmd_info(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="dna-mamba info", description="Describe a saved dna_mamba model.")
     parser.add_argument("model", help="a directory written by save_pretrained / dna-mamba export")
@@ -92,6 +106,8 @@ COMMANDS = {
     "train": (_cmd_train, "pretrain a model (Hydra overrides, e.g. context=8k model=1.4m trainer=gpu)"),
     "export": (_cmd_export, "Lightning checkpoint -> from_pretrained directory"),
     "embed": (_cmd_embed, "embeddings of BED regions, windows or whole contigs (.npz, .parquet, .npy)"),
+    "score-vcf": (_cmd_score_vcf, "variant-effect scores (log-likelihood ratios) for a VCF/BCF or table"),
+    "mutagenesis": (_cmd_mutagenesis, "in-silico saturation mutagenesis of a region: TSV, bedGraph and plot"),
     "info": (_cmd_info, "describe a saved model"),
     "prepare-species": (_cmd_prepare_species, "species manifest -> one store per genome, leak-free splits"),
     "species-sweep": (_cmd_species_sweep, "species classification accuracy against context, beside k-mer baselines"),

@@ -1,4 +1,4 @@
-"""Hydra entry point for pretraining: ``python -m dna_mamba.train [overrides]``.
+"""Hydra entry point for pretraining and species classification (``task=species``): ``python -m dna_mamba.train``.
 
 Hydra lives here and in ``cli.py`` only; everything below ``run_from_config`` takes plain dataclasses.
 Errors the user can fix (a missing file, a malformed FASTA, a bad setting) print one line and exit 1;
@@ -42,6 +42,24 @@ def build_configs(cfg: DictConfig):
     )
 
 
+def build_species_configs(cfg: DictConfig):
+    """Dataclass configs of a ``task=species`` run: task, model, optim, trainer, context, micro-batch tokens."""
+    from dna_mamba.lit.pretrain import OptimConfig
+    from dna_mamba.lit.runner import TrainerConfig
+    from dna_mamba.lit.species import SpeciesTaskConfig
+    from dna_mamba.model import DnaMambaConfig
+
+    # task.manifest may stay ??? when task.prepared names a prepared dataset; run_species says if neither is set.
+    task = OmegaConf.to_container(cfg.task, resolve=True, throw_on_missing=False)
+    task.pop("name")
+    task["manifest"] = None if task.get("manifest") == "???" else task.get("manifest")
+    model, trainer, optim = (_plain(cfg, key) for key in ("model", "trainer", "optim"))
+    trainer.pop("tokens_per_step")  # the species batch is counted in windows (task.batch_size)
+    micro_batch_tokens = trainer.pop("micro_batch_tokens")
+    return (SpeciesTaskConfig(**task), DnaMambaConfig(**model), OptimConfig(**optim),
+            TrainerConfig(out_dir=str(cfg.out_dir), **trainer), int(cfg.context.seq_len), micro_batch_tokens)
+
+
 def _plain(cfg: DictConfig, key: str) -> dict:
     """A config group as a plain dict without its ``name``; a required value left as ??? is a user error."""
     try:
@@ -61,6 +79,12 @@ def _visible_devices(accelerator: str) -> int:
 
 
 def run_from_config(cfg: DictConfig) -> dict:
+    if cfg.task.name == "species":
+        from dna_mamba.lit.species_run import run_species
+
+        task, model, optim, trainer, seq_len, micro_batch_tokens = build_species_configs(cfg)
+        return run_species(task, model, trainer, seq_len, micro_batch_tokens=micro_batch_tokens, optim=optim,
+                           seed=int(cfg.seed), init_from=cfg.init_from, resume=cfg.resume)
     from dna_mamba.lit.runner import run_pretraining
 
     model, data, optim, trainer, plan = build_configs(cfg)

@@ -1,0 +1,355 @@
+"""Species classification runs as library calls: one fine-tuning run, and the context-length sweep.
+
+``dna_mamba.train`` (``task=species``) and ``dna-mamba species-sweep`` build the dataclasses; notebooks can call
+:func:`run_species` and :func:`run_species_sweep` directly. Every run writes ``results.json`` (model and k-mer
+metrics on the same held-out windows) and ``confusion.png``; a sweep adds ``sweep.md``, ``sweep.json`` and
+``sweep.png``, rewritten after each context so that an interrupted sweep keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from dna_mamba.lit.callbacks import EpochSeeder
+from dna_mamba.lit.checkpoint_io import AtomicCheckpointIO
+from dna_mamba.lit.pretrain import OptimConfig
+from dna_mamba.lit.runner import TrainerConfig, _resolve_resume, load_initial_weights
+from dna_mamba.lit.species import SpeciesDataModule, SpeciesModule, SpeciesTaskConfig
+from dna_mamba.model import DnaMambaConfig
+from dna_mamba.species.dataset import (
+    BalancedWindowDataset,
+    EvalWindowDataset,
+    SpeciesDataset,
+    SplitConfig,
+    default_dataset_dir,
+    prepare_species,
+)
+from dna_mamba.species.kmer import kmer_baseline
+from dna_mamba.species.manifest import read_manifest
+from dna_mamba.species.metrics import plot_confusion, write_json
+from dna_mamba.species.model import save_classifier
+from dna_mamba.species.report import context_label, plot_sweep, sweep_table
+
+
+@dataclass
+class SpeciesBatchPlan:
+    """Windows per optimizer step, made of micro-batches and gradient accumulation."""
+
+    seq_len: int
+    batch_size: int  # target windows per optimizer step, all devices together
+    micro_batch_size: int  # windows per forward pass on one device
+    devices: int = 1
+    accumulate_grad_batches: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "batch_size", "micro_batch_size", "devices"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.micro_batch_size = min(self.micro_batch_size, math.ceil(self.batch_size / self.devices))
+        self.accumulate_grad_batches = math.ceil(self.batch_size / (self.micro_batch_size * self.devices))
+
+    @property
+    def effective_batch(self) -> int:
+        return self.micro_batch_size * self.accumulate_grad_batches * self.devices
+
+    @classmethod
+    def from_task(cls, task: SpeciesTaskConfig, seq_len: int, micro_batch_tokens: int | None,
+                  devices: int = 1) -> SpeciesBatchPlan:
+        micro = task.micro_batch_size or max(1, (micro_batch_tokens or seq_len) // seq_len)
+        return cls(seq_len, task.batch_size, micro, devices)
+
+
+def open_species_dataset(task: SpeciesTaskConfig, *, seed: int = 0, progress: bool = True) -> SpeciesDataset:
+    """The prepared dataset of a task: ``task.prepared`` as is, or ``task.manifest`` prepared (and cached).
+
+    Raises:
+        ValueError: neither is set, or the manifest is invalid (ManifestError is a ValueError).
+    """
+    if task.prepared:
+        return SpeciesDataset.open(task.prepared)
+    if not task.manifest:
+        raise ValueError("task.manifest is required: a TSV/YAML manifest (label, FASTA path[, split]) or a shipped "
+                         "example (bacteria, drosophila_chr4); or task.prepared=DIR from `dna-mamba prepare-species`")
+    manifest = read_manifest(task.manifest, task.data_root)
+    split = SplitConfig(task.split, task.val_fraction, task.test_fraction, seed)
+    out = task.dataset_dir or default_dataset_dir(manifest, split)
+    return prepare_species(manifest, out, split=split, progress=progress)
+
+
+def backbone_config(init_from: str | None, model_config: DnaMambaConfig | None) -> DnaMambaConfig:
+    """The backbone's config: the saved model's when starting from one (its sizes are fixed), else ``model_config``."""
+    if not init_from:
+        if model_config is None:
+            raise ValueError("a model config is needed when not starting from a saved model (init_from)")
+        return model_config
+    path = Path(init_from)
+    if path.is_dir():
+        from dna_mamba.model.io import read_config
+
+        return read_config(path)[0]
+    if path.is_file():
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoints: plain-dict hparams
+        hparams = ckpt.get("hyper_parameters", {})
+        if "model_config" not in hparams:
+            raise ValueError(f"{init_from}: not a dna_mamba checkpoint (no model_config in its hyperparameters)")
+        return DnaMambaConfig.from_dict(hparams["model_config"])
+    raise FileNotFoundError(f"{init_from}: neither a saved model directory nor a checkpoint file")
+
+
+def _loggers(out_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = [CSVLogger(out_dir, name="logs", version="")]
+    try:
+        loggers.append(TensorBoardLogger(out_dir, name="tensorboard", version=""))
+    except ModuleNotFoundError:  # tensorboard is optional on machines that only run sweeps
+        pass
+    return loggers
+
+
+def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, trainer_config: TrainerConfig,
+                seq_len: int, *, micro_batch_tokens: int | None = None, optim: OptimConfig | None = None,
+                seed: int = 0, init_from: str | None = None, resume: str | None = None,
+                dataset: SpeciesDataset | None = None) -> dict:
+    """Fine-tune a species classifier at one context; evaluate it and the k-mer baseline on the test windows.
+
+    Args:
+        task: data, head, schedule and evaluation settings.
+        model_config: backbone sizes when starting from scratch (ignored with ``init_from``).
+        trainer_config: accelerator, precision, output directory (``max_steps`` is replaced by
+            ``task.epochs * task.steps_per_epoch``).
+        seq_len: context length of every window.
+        micro_batch_tokens: tokens per forward pass, giving windows per micro-batch unless
+            ``task.micro_batch_size`` is set.
+        optim: optimizer settings; ``task.lr`` replaces their learning rate.
+        seed: seeds weights, window draws and the baseline.
+        init_from: a ``from_pretrained`` directory or a Lightning checkpoint to start the backbone from.
+        resume: a checkpoint to resume this run from, or ``"auto"`` (``out_dir/checkpoints/last.ckpt``).
+        dataset: an opened dataset (otherwise opened from ``task``).
+
+    Returns:
+        The ``results.json`` dict.
+    """
+    out_dir = Path(trainer_config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")
+    dataset = dataset or open_species_dataset(task, seed=seed, progress=trainer_config.enable_progress_bar)
+    devices = trainer_config.devices
+    if not (isinstance(devices, int) and devices > 0):  # -1 / "auto": every visible GPU, as Lightning reads it
+        devices = max(1, torch.cuda.device_count()) if trainer_config.accelerator != "cpu" else 1
+    plan = SpeciesBatchPlan.from_task(task, seq_len, micro_batch_tokens, devices)
+    datamodule = SpeciesDataModule(
+        dataset, seq_len, micro_batch_size=plan.micro_batch_size,
+        samples_per_epoch=task.steps_per_epoch * plan.effective_batch, seed=seed,
+        rc_prob=task.rc_prob, max_n_fraction=task.max_n_fraction, val_windows_per_class=task.val_windows_per_class,
+        test_windows_per_class=task.test_windows_per_class, num_workers=task.num_workers)
+    datamodule.setup("fit")  # plans every window now: a context some class cannot fill fails before training
+
+    optim = replace(optim or OptimConfig(), lr=task.lr)
+    config = backbone_config(init_from, model_config)
+    module = SpeciesModule(config, dataset.classes, pooling=task.pooling, freeze_backbone=task.freeze_backbone,
+                           both_strands=task.both_strands, optim=optim)
+    if init_from:
+        load_initial_weights(module, init_from)
+
+    has_val = len(datamodule.datasets["val"]) > 0
+    trainer = L.Trainer(
+        default_root_dir=out_dir,
+        accelerator=trainer_config.accelerator,
+        devices=trainer_config.devices,
+        strategy=trainer_config.strategy,
+        precision=trainer_config.precision,
+        max_epochs=task.epochs,
+        max_steps=task.epochs * task.steps_per_epoch,
+        max_time=trainer_config.max_time,
+        limit_val_batches=trainer_config.limit_val_batches if has_val else 0,
+        log_every_n_steps=trainer_config.log_every_n_steps,
+        gradient_clip_val=trainer_config.gradient_clip_val,
+        accumulate_grad_batches=plan.accumulate_grad_batches,
+        num_sanity_val_steps=0,
+        fast_dev_run=trainer_config.fast_dev_run,
+        enable_progress_bar=trainer_config.enable_progress_bar,
+        deterministic=trainer_config.deterministic,
+        callbacks=[ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:02d}",
+                                   auto_insert_metric_name=False, save_last=True, save_top_k=0),
+                   EpochSeeder()],
+        logger=_loggers(out_dir),
+        plugins=[AtomicCheckpointIO()],
+    )
+    print(f"species: {dataset.num_classes} classes ({', '.join(dataset.classes)}); split {dataset.split['method']}; "
+          f"context {seq_len:,}; {module.model.num_parameters() / 1e6:.2f}M-parameter backbone"
+          f"{' (frozen)' if task.freeze_backbone else ''} from {init_from or 'scratch'}; "
+          f"batch {plan.micro_batch_size} x accumulate {plan.accumulate_grad_batches} x {devices} device(s) = "
+          f"{plan.effective_batch} windows/step; test windows per class "
+          f"{datamodule.windows_per_class('test')}")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_resume(resume, out_dir))
+    train_seconds = time.perf_counter() - start
+    trainer.test(module, datamodule=datamodule, verbose=False)
+
+    results = {
+        "task": "species",
+        "seq_len": seq_len,
+        "classes": dataset.classes,
+        "dataset": str(dataset.directory),
+        "split": dataset.split,
+        "init_from": init_from,
+        "pooling": task.pooling,
+        "freeze_backbone": task.freeze_backbone,
+        "both_strands": task.both_strands,
+        "parameters": module.model.num_parameters(),
+        "lr": task.lr,
+        "global_step": trainer.global_step,
+        "planned_steps": task.epochs * task.steps_per_epoch,
+        "effective_batch": plan.effective_batch,
+        "micro_batch_size": plan.micro_batch_size,
+        "accumulate_grad_batches": plan.accumulate_grad_batches,
+        "train_seconds": round(train_seconds, 1),
+        "device": _device_name(module),
+        "test_windows_per_class": datamodule.windows_per_class("test"),
+        "val": module.results.get("val"),
+        "test": module.results.get("test"),
+    }
+    if not trainer.is_global_zero:
+        return results
+    if task.run_baseline:
+        results.update(_baseline(task, dataset, datamodule.datasets["train"], datamodule.datasets["test"], seed))
+    results["confusion_png"] = str(plot_confusion(
+        results["test"]["confusion_matrix"], dataset.classes, out_dir / "confusion.png",
+        title=f"species, context {context_label(seq_len)}: accuracy {results['test']['accuracy']:.3f}"))
+    if task.export:
+        module.float()
+        results["classifier_dir"] = str(save_classifier(module.model, module.head, dataset.classes, seq_len,
+                                                        out_dir / "classifier", metadata={"seq_len": seq_len}))
+    write_json(out_dir / "results.json", results)
+    _print_results(results)
+    return results
+
+
+def _device_name(module: L.LightningModule) -> str:
+    if module.device.type == "cuda":
+        return torch.cuda.get_device_name(module.device)
+    return module.device.type
+
+
+def _baseline(task: SpeciesTaskConfig, dataset: SpeciesDataset, train: BalancedWindowDataset,
+              test: EvalWindowDataset, seed: int) -> dict:
+    """k-mer baseline results, keyed for results.json, on the first windows of the model's epoch-0 stream."""
+    train = BalancedWindowDataset(dataset, train.window, num_samples=max(task.kmer_train_windows, dataset.num_classes),
+                                  seed=train.seed, reverse_complement_prob=train.reverse_complement_prob,
+                                  max_n_fraction=train.max_n_fraction)
+    found = kmer_baseline(train, test, dataset.classes, ks=task.kmer_ks, seed=seed)
+    return {"kmer": {str(r.k): r.metrics for r in found},
+            "kmer_train_windows": found[0].train_windows if found else 0,
+            "kmer_seconds": {str(r.k): r.seconds for r in found}}
+
+
+def run_kmer_only(task: SpeciesTaskConfig, seq_len: int, out_dir: str | Path, *, seed: int = 0,
+                  dataset: SpeciesDataset | None = None) -> dict:
+    """The k-mer baseline alone at one context, on exactly the windows a model run with these settings would use."""
+    out_dir = Path(out_dir)
+    dataset = dataset or open_species_dataset(task, seed=seed)
+    train = BalancedWindowDataset(dataset, seq_len, num_samples=max(task.kmer_train_windows, dataset.num_classes),
+                                  seed=seed, reverse_complement_prob=task.rc_prob, max_n_fraction=task.max_n_fraction)
+    test = EvalWindowDataset(dataset, dataset.eval_windows("test", seq_len, per_class=task.test_windows_per_class,
+                                                           max_n_fraction=task.max_n_fraction))
+    start = time.perf_counter()
+    results = {"task": "species", "seq_len": seq_len, "classes": dataset.classes, "dataset": str(dataset.directory),
+               "split": dataset.split, "test_windows_per_class": test.windows.per_class(dataset.num_classes),
+               **_baseline(task, dataset, train, test, seed)}
+    results["baseline_seconds"] = round(time.perf_counter() - start, 1)
+    write_json(out_dir / "results.json", results)
+    return results
+
+
+def check_contexts(task: SpeciesTaskConfig, dataset: SpeciesDataset, contexts: list[int]) -> None:
+    """Fail before any training if some class cannot fill a context (training or test windows)."""
+    for seq_len in contexts:
+        dataset.train_regions(seq_len)
+        dataset.eval_windows("test", seq_len, per_class=1, max_n_fraction=task.max_n_fraction)
+
+
+def run_species_sweep(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, trainer_config: TrainerConfig,
+                      contexts: list[int], *, micro_batch_tokens: int | None = None, optim: OptimConfig | None = None,
+                      seed: int = 0, init_from: str | None = None, kmer_only: bool = False,
+                      title: str = "") -> list[dict]:
+    """Accuracy against context: one run per context (``out_dir/context_<1k…>``), then a table and a plot.
+
+    Every context is checked before the first run starts. ``sweep.md``, ``sweep.json`` and ``sweep.png`` in
+    ``trainer_config.out_dir`` are rewritten after each context; they also list contexts that earlier sweeps
+    wrote into the same directory.
+
+    Args:
+        contexts: context lengths, run in the given order (shortest first keeps early results early).
+        kmer_only: run only the k-mer baseline at each context (no model, seconds on a CPU).
+        Other arguments: as :func:`run_species`.
+    """
+    out_dir = Path(trainer_config.out_dir)
+    dataset = open_species_dataset(task, seed=seed, progress=trainer_config.enable_progress_bar)
+    check_contexts(task, dataset, contexts)
+    rows: list[dict] = []
+    for seq_len in contexts:
+        run_dir = out_dir / f"context_{context_label(seq_len)}"
+        if kmer_only:
+            rows.append(run_kmer_only(task, seq_len, run_dir, seed=seed, dataset=dataset))
+        else:
+            rows.append(run_species(task, model_config, replace(trainer_config, out_dir=str(run_dir)), seq_len,
+                                    micro_batch_tokens=micro_batch_tokens, optim=optim, seed=seed,
+                                    init_from=init_from, dataset=dataset))
+        write_sweep_report(rows + earlier_rows(out_dir, exclude=contexts), task.kmer_ks, out_dir,
+                           num_classes=dataset.num_classes, title=title,
+                           settings={"task": asdict(task), "init_from": init_from, "kmer_only": kmer_only})
+    return rows
+
+
+def earlier_rows(out_dir: Path, exclude: Sequence[int] = ()) -> list[dict]:
+    """``results.json`` of other contexts already in a sweep directory (an earlier invocation with other steps).
+
+    A sweep can so be run one context at a time, each with its own budget, and still end in one table.
+    """
+    rows = []
+    for path in sorted(Path(out_dir).glob("context_*/results.json")):
+        row = json.loads(path.read_text())
+        if row.get("seq_len") not in exclude:
+            rows.append(row)
+    return rows
+
+
+def write_sweep_report(rows: list[dict], ks: list[int], out_dir: Path, *, num_classes: int, title: str = "",
+                       settings: dict | None = None) -> Path:
+    """``sweep.md`` (table), ``sweep.json`` (rows without confusion matrices' bulk) and ``sweep.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = sweep_table(rows, ks)
+    (out_dir / "sweep.md").write_text((f"## {title}\n\n" if title else "") + table + "\n")
+    write_json(out_dir / "sweep.json", {"settings": settings or {}, "rows": rows})
+    plot_sweep(rows, ks, out_dir / "sweep.png", num_classes=num_classes, title=title)
+    print("\n" + table)
+    return out_dir / "sweep.md"
+
+
+def _print_results(results: dict) -> None:
+    test = results["test"]
+    lines = [f"  test accuracy (model, {'both strands' if results['both_strands'] else 'forward strand'})  "
+             f"{test['accuracy']:.4f}   balanced {test['balanced_accuracy']:.4f}   macro-F1 {test['macro_f1']:.4f}"]
+    for k, metrics in (results.get("kmer") or {}).items():
+        lines.append(f"  test accuracy ({k}-mer + logistic regression)  {metrics['accuracy']:.4f}   "
+                     f"balanced {metrics['balanced_accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}")
+    recall = ", ".join(f"{c} {v['recall']:.2f}" if v["recall"] is not None else f"{c} —"
+                       for c, v in test["per_class"].items())
+    lines += [f"  per-class recall: {recall}",
+              f"  optimizer steps {results['global_step']} x {results['effective_batch']} windows, "
+              f"{results['train_seconds']:.0f} s",
+              f"  confusion matrix: {results['confusion_png']}"]
+    if "classifier_dir" in results:
+        lines.append(f"  classifier: {results['classifier_dir']}")
+    print("\n" + "\n".join(lines))

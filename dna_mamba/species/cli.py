@@ -1,0 +1,172 @@
+"""``dna-mamba prepare-species`` and ``dna-mamba species-sweep``: argparse entry points (no Hydra).
+
+The sweep runs Lightning through :mod:`dna_mamba.lit.species_run`, imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib import resources
+
+import yaml
+
+from dna_mamba.errors import report_user_errors
+from dna_mamba.species.dataset import SPLIT_METHODS, SplitConfig, prepare_species
+from dna_mamba.species.manifest import EXAMPLES, read_manifest
+from dna_mamba.species.report import parse_context
+
+PREPARE_EPILOG = f"""\
+manifest (TSV: label, path[, split]; or YAML: label -> [paths]); shipped examples: {', '.join(EXAMPLES)}
+examples:
+  dna-mamba prepare-species my_species.tsv --out data/species
+  dna-mamba prepare-species bacteria --data-root ../shared/data --out data/bacteria --context 32k
+  dna-mamba prepare-species drosophila_chr4 --split region --test-fraction 0.25 --out data/dros
+"""
+
+SWEEP_EPILOG = """\
+The defaults are the Mamba paper's protocol: contexts 2^10 ... 2^20, 10 epochs x 1024 steps, 64 windows per step
+(gradient accumulation), lr 1e-4, head on the last token. Shorter runs for a quick look:
+  dna-mamba species-sweep bacteria --contexts 1k,4k --model tiny --epochs 1 --steps-per-epoch 20 --out runs/sw
+  dna-mamba species-sweep bacteria --contexts 1k,32k,256k --kmer-only --out runs/kmer   (baseline only)
+  dna-mamba species-sweep bacteria --init-from runs/pretrain/model --accelerator gpu --precision bf16-mixed
+"""
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", metavar="DIR", help="folder relative manifest paths are relative to "
+                        "(default: $DNA_MAMBA_DATA, then the manifest's folder)")
+    parser.add_argument("--split", choices=SPLIT_METHODS, default="auto",
+                        help="genome: hold out genomes (strains); contig: whole contigs; region: the tail of every "
+                        "contig; auto: genome when every class has 2+ genomes or the manifest has a split column, "
+                        "else region (default)")
+    parser.add_argument("--val-fraction", type=float, default=0.05, metavar="F",
+                        help="held-out tail of training contigs used for validation (default 0.05)")
+    parser.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
+                        help="share held out for testing by the contig and region splits (default 0.2)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+
+
+def build_prepare_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dna-mamba prepare-species", epilog=PREPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build one genome store per genome of a species manifest and split them without leaks "
+        "(held-out genomes, contigs or regions).")
+    parser.add_argument("manifest", help="TSV or YAML manifest, or a shipped example name")
+    parser.add_argument("--out", required=True, metavar="DIR", help="dataset directory to create or update")
+    parser.add_argument("--context", action="append", default=[], metavar="N",
+                        help="check that every class fills windows of this length (e.g. 32k; repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_options(parser)
+    return parser
+
+
+def prepare_main(argv: Sequence[str] | None = None) -> int:
+    """``dna-mamba prepare-species``; returns the exit status."""
+    args = build_prepare_parser().parse_args(argv)
+    with report_user_errors(args.debug):
+        split = SplitConfig(args.split, args.val_fraction, args.test_fraction)
+        manifest = read_manifest(args.manifest, args.data_root)
+        dataset = prepare_species(manifest, args.out, split=split, progress=not args.quiet)
+        for text in args.context:
+            window = parse_context(text)
+            dataset.train_regions(window)
+            counts = dataset.eval_windows("test", window).per_class(dataset.num_classes)
+            print(f"context {window:,}: test windows per class {dict(zip(dataset.classes, counts, strict=True))}")
+    print(f"prepared: {dataset.directory}")
+    print(dataset.describe())
+    return 0
+
+
+def build_sweep_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dna-mamba species-sweep", epilog=SWEEP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Species classification accuracy against context length, beside k-mer baselines on the same "
+        "windows: one fine-tuning run per context, then sweep.md (table) and sweep.png (plot).")
+    parser.add_argument("manifest", help="TSV or YAML manifest, a shipped example name, or a prepared dataset "
+                        "directory (from prepare-species)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (one subfolder per context)")
+    parser.add_argument("--contexts", default="1k,2k,4k,8k,16k,32k,64k,128k,256k,512k,1m",
+                        help="comma-separated lengths (default: 2^10 ... 2^20)")
+    parser.add_argument("--dataset-dir", metavar="DIR", help="where to prepare the manifest (default: the cache)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", default="1.4m", help="backbone size from conf/model when starting from scratch "
+                       "(tiny, 250k, 700k, 1.4m, 3.5m, 7m, ...; default 1.4m)")
+    model.add_argument("--init-from", metavar="PATH", help="a from_pretrained directory or Lightning checkpoint")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--steps-per-epoch", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per optimizer step (default 64)")
+    parser.add_argument("--micro-batch-tokens", type=int, default=1 << 20, metavar="N",
+                        help="tokens per forward pass; gradient accumulation makes up the batch (default 2^20)")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--pooling", choices=("last", "mean"), default="last")
+    parser.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+    parser.add_argument("--test-windows-per-class", type=int, default=256)
+    parser.add_argument("--val-windows-per-class", type=int, default=32)
+    parser.add_argument("--kmer", default="4,5,6", help="k-mer sizes of the baseline (default 4,5,6)")
+    parser.add_argument("--kmer-train-windows", type=int, default=2048)
+    parser.add_argument("--kmer-only", action="store_true", help="run only the k-mer baseline")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the k-mer baseline")
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
+    parser.add_argument("--precision", default=None, help="default: bf16-mixed on a GPU, 32-true on a CPU")
+    parser.add_argument("--max-time-per-context", metavar="DD:HH:MM:SS",
+                        help="stop training at a context after this long (then evaluate); for time-boxed sweeps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--title", default="", help="plot and table title")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_options(parser)
+    return parser
+
+
+def model_config_by_name(name: str):
+    """A DnaMambaConfig from a ``conf/model/<name>.yaml`` option, read without Hydra."""
+    from dna_mamba.model import DnaMambaConfig
+
+    path = resources.files("dna_mamba.conf") / "model" / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.name.removesuffix(".yaml") for p in (resources.files("dna_mamba.conf") / "model").iterdir()
+                         if p.name.endswith(".yaml"))
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(options)}")
+    values = yaml.safe_load(path.read_text())
+    values.pop("name", None)
+    return DnaMambaConfig(**values)
+
+
+def sweep_main(argv: Sequence[str] | None = None) -> int:
+    """``dna-mamba species-sweep``; returns the exit status."""
+    args = build_sweep_parser().parse_args(argv)
+    with report_user_errors(args.debug):
+        from pathlib import Path
+
+        import torch
+
+        from dna_mamba.lit.runner import TrainerConfig
+        from dna_mamba.lit.species import SpeciesTaskConfig
+        from dna_mamba.lit.species_run import run_species_sweep
+
+        contexts = [parse_context(c) for c in args.contexts.split(",") if c.strip()]
+        prepared = Path(args.manifest).is_dir()
+        task = SpeciesTaskConfig(
+            manifest=None if prepared else args.manifest, prepared=args.manifest if prepared else None,
+            data_root=args.data_root, dataset_dir=args.dataset_dir, split=args.split,
+            val_fraction=args.val_fraction, test_fraction=args.test_fraction, pooling=args.pooling,
+            freeze_backbone=args.freeze_backbone, lr=args.lr, epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+            val_windows_per_class=args.val_windows_per_class, test_windows_per_class=args.test_windows_per_class,
+            run_baseline=not args.no_baseline, kmer_ks=[int(k) for k in args.kmer.split(",") if k.strip()],
+            kmer_train_windows=args.kmer_train_windows)
+        gpu = args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available())
+        trainer = TrainerConfig(out_dir=args.out, accelerator=args.accelerator,
+                                precision=args.precision or ("bf16-mixed" if gpu else "32-true"),
+                                max_time=args.max_time_per_context, enable_progress_bar=not args.quiet,
+                                log_every_n_steps=10)
+        model = None if args.init_from or args.kmer_only else model_config_by_name(args.model)
+        run_species_sweep(task, model, trainer, contexts, micro_batch_tokens=args.micro_batch_tokens, seed=args.seed,
+                          init_from=args.init_from, kmer_only=args.kmer_only, title=args.title)
+    print(f"sweep written to {args.out}/sweep.md, sweep.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(sweep_main())

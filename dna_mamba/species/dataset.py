@@ -1,0 +1,532 @@
+"""Prepared species datasets: one genome store per genome, train / val / test segments that do not leak.
+
+``prepare_species(manifest, out_dir)`` writes::
+
+    out_dir/species.json        classes, genomes, the split method and every genome's segments per part
+    out_dir/stores/<genome>/    one genome store per FASTA file (see dna_mamba.data.store)
+
+Split methods (``SplitConfig.method``):
+
+- ``genome``: whole genomes (e.g. strains) are held out for testing: those the manifest marks ``test``, else the
+  last genome of each class. Validation uses genomes marked ``val``, else the tail ``val_fraction`` of every
+  contig of the training genomes (never trained on).
+- ``contig``: whole contigs of each class are held out until ``test_fraction`` of the class's bases is reached
+  (contigs taken in a seeded, name-hashed order); validation as for ``genome``.
+- ``region``: each contig is cut into train ``[0, a)``, val ``[a, b)`` and test ``[b, end)`` (fractions of its
+  length), for genomes with no strains, such as one assembly per species.
+- ``auto``: ``genome`` when the manifest assigns splits or every class has two genomes or more, else ``region``.
+
+Windows never cross parts: evaluation windows tile val / test segments at least one window long, and training
+windows start at random offsets inside training segments at least one window long, so no base of a held-out
+genome, contig or region is ever in a training window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dna_mamba.data.splits import Segment
+from dna_mamba.data.store import GenomeStore, StoreError, build_store
+from dna_mamba.data.windows import plan_windows
+from dna_mamba.species.manifest import PARTS, Manifest, ManifestError, read_manifest
+from dna_mamba.tokenizer import reverse_complement
+
+DATASET_FORMAT = "dna_mamba.species_dataset"
+DATASET_VERSION = 1
+INDEX_NAME = "species.json"
+SPLIT_METHODS = ("auto", "genome", "contig", "region")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How a manifest's genomes become train / val / test segments (see the module docstring)."""
+
+    method: str = "auto"
+    val_fraction: float = 0.05  # held-out tail of training contigs for validation (genome, contig and region)
+    test_fraction: float = 0.2  # share of each class (contig) or of each contig (region) held out for testing
+    seed: int = 0  # order in which the contig method holds out contigs
+
+    def __post_init__(self) -> None:
+        if self.method not in SPLIT_METHODS:
+            raise ValueError(f"split method must be one of {', '.join(SPLIT_METHODS)}, got {self.method!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(f"val_fraction + test_fraction must be below 1, got "
+                             f"{self.val_fraction + self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class PreparedGenome:
+    """One genome of a prepared dataset: its class, its store and its segments in each part."""
+
+    name: str
+    label: str
+    class_index: int
+    fasta: str
+    store: str  # store directory, relative to the dataset directory
+    segments: dict[str, list[Segment]]
+
+
+def resolve_method(manifest: Manifest, method: str) -> str:
+    """The split method ``auto`` stands for, given the manifest."""
+    if method != "auto":
+        return method
+    if manifest.has_parts or all(len(g) >= 2 for g in manifest.by_label().values()):
+        return "genome"
+    return "region"
+
+
+def split_segments(manifest: Manifest, contigs: list[dict[str, int]], config: SplitConfig) -> list[dict[str, list]]:
+    """Segments of each genome in each part.
+
+    Args:
+        manifest: the genomes.
+        contigs: for each genome (manifest order), contig name → length in file order.
+        config: the split method and fractions.
+
+    Returns:
+        For each genome, ``{"train": [...], "val": [...], "test": [...]}`` lists of :class:`Segment`.
+
+    Raises:
+        ManifestError: the method cannot split this manifest (a class with one genome under ``genome``, one contig
+            under ``contig``, or split assignments in the manifest under ``contig`` / ``region``).
+    """
+    method = validate_split(manifest, config)
+    parts: list[dict[str, list]] = [{p: [] for p in PARTS} for _ in manifest.genomes]
+    index = {id(g): i for i, g in enumerate(manifest.genomes)}
+    for label, genomes in manifest.by_label().items():
+        members = [index[id(g)] for g in genomes]
+        if method == "genome":
+            _split_genomes(label, [manifest.genomes[i] for i in members], members, contigs, parts, config)
+        elif method == "contig":
+            _split_contigs(label, members, manifest, contigs, parts, config)
+        else:
+            for i in members:
+                for contig, length in contigs[i].items():
+                    _tail_split(contig, length, config.val_fraction, config.test_fraction, parts[i])
+    return parts
+
+
+def validate_split(manifest: Manifest, config: SplitConfig) -> str:
+    """Check what can be checked before any store is built; returns the resolved method.
+
+    Raises:
+        ManifestError: split assignments in the manifest under a method other than ``genome``, or (``genome``) a
+            class with no genome to hold out or none to train on.
+    """
+    method = resolve_method(manifest, config.method)
+    if method != "genome" and manifest.has_parts:
+        raise ManifestError(f"{manifest.source}: the manifest assigns genomes to splits, which only split=genome "
+                            f"uses; drop the split column or use split=genome")
+    if method == "genome":
+        for label, genomes in manifest.by_label().items():
+            _genome_roles(label, genomes)
+    return method
+
+
+def _genome_roles(label: str, genomes: list) -> list[str]:
+    """train / val / test of each genome of a class: the manifest's, and the last unassigned genome as test."""
+    roles = [g.part for g in genomes]
+    if "test" not in roles:
+        free = [k for k, role in enumerate(roles) if role is None]
+        if len(genomes) < 2 or not free:
+            raise ManifestError(f"class '{label}' has a single genome, so none can be held out for testing: add a "
+                                f"genome, mark one 'test' in the manifest's split column, or use split=region")
+        roles[free[-1]] = "test"
+    roles = [role or "train" for role in roles]
+    if "train" not in roles:
+        raise ManifestError(f"class '{label}' has no training genome: every genome is marked val or test")
+    return roles
+
+
+def _split_genomes(label, genomes, members, contigs, parts, config) -> None:
+    roles = _genome_roles(label, genomes)
+    has_val_genome = "val" in roles
+    for i, role in zip(members, roles, strict=True):
+        for contig, length in contigs[i].items():
+            if role == "train" and not has_val_genome:
+                _tail_split(contig, length, config.val_fraction, 0.0, parts[i])
+            else:
+                parts[i][role].append(Segment(contig, 0, length))
+
+
+def _split_contigs(label, members, manifest, contigs, parts, config) -> None:
+    pool = [(i, contig, length) for i in members for contig, length in contigs[i].items()]
+    if len(pool) < 2:
+        raise ManifestError(f"class '{label}' has a single contig, so none can be held out: split=contig needs "
+                            f"two or more per class; use split=region")
+
+    def order(item: tuple[int, str, int]) -> str:  # stable under reordering of the manifest or the FASTA
+        return hashlib.sha256(f"{config.seed}:{manifest.genomes[item[0]].name}:{item[1]}".encode()).hexdigest()
+
+    pool.sort(key=order)
+    target = config.test_fraction * sum(length for *_, length in pool)
+    held = 0
+    for k, (i, contig, length) in enumerate(pool):
+        if held < target and k < len(pool) - 1:  # the last contig always trains
+            parts[i]["test"].append(Segment(contig, 0, length))
+            held += length
+        else:
+            _tail_split(contig, length, config.val_fraction, 0.0, parts[i])
+
+
+def _tail_split(contig: str, length: int, val_fraction: float, test_fraction: float, parts: dict) -> None:
+    test_len = round(length * test_fraction)
+    val_len = round(length * val_fraction)
+    b = length - test_len
+    a = b - val_len
+    for part, start, end in (("train", 0, a), ("val", a, b), ("test", b, length)):
+        if end > start:
+            parts[part].append(Segment(contig, start, end))
+
+
+class SpeciesDataset:
+    """A prepared species dataset (open with :meth:`open`; build with :func:`prepare_species`)."""
+
+    def __init__(self, directory: Path, classes: list[str], genomes: list[PreparedGenome], split: dict):
+        self.directory = directory
+        self.classes = classes
+        self.genomes = genomes
+        self.split = split
+        self._stores: dict[int, GenomeStore] = {}
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike) -> SpeciesDataset:
+        """Open a directory written by :func:`prepare_species`.
+
+        Raises:
+            StoreError: not a prepared species dataset, or one of another version.
+        """
+        directory = Path(directory).expanduser().absolute()
+        try:
+            index = json.loads((directory / INDEX_NAME).read_text())
+        except FileNotFoundError:
+            raise StoreError(f"{directory}: not a prepared species dataset (no {INDEX_NAME}); build one with "
+                             f"`dna-mamba prepare-species`") from None
+        except (OSError, ValueError) as err:
+            raise StoreError(f"{directory / INDEX_NAME}: unreadable ({err})") from None
+        if index.get("format") != DATASET_FORMAT or index.get("version") != DATASET_VERSION:
+            raise StoreError(f"{directory}: not a species dataset of version {DATASET_VERSION}; prepare it again")
+        genomes = [
+            PreparedGenome(g["name"], g["label"], g["class_index"], g["fasta"], g["store"],
+                           {p: [Segment(*s) for s in g["segments"][p]] for p in PARTS})
+            for g in index["genomes"]
+        ]
+        return cls(directory, index["classes"], genomes, index["split"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def store(self, genome: int) -> GenomeStore:
+        """The genome store of genome ``genome`` (index into :attr:`genomes`), opened on first use."""
+        store = self._stores.get(genome)
+        if store is None:
+            store = self._stores[genome] = GenomeStore.open(self.directory / self.genomes[genome].store)
+        return store
+
+    def bases(self, part: str) -> dict[str, int]:
+        """Bases of each class in a part."""
+        totals = dict.fromkeys(self.classes, 0)
+        for genome in self.genomes:
+            totals[genome.label] += sum(s.length for s in genome.segments[part])
+        return totals
+
+    def train_regions(self, window: int) -> list[list[tuple[int, str, int, int]]]:
+        """Per class, ``(genome, contig, first start, last start)`` of every training segment a window fits in.
+
+        Raises:
+            ValueError: a class has no training segment at least ``window`` long (all its genomes or regions are
+                shorter than the context).
+        """
+        regions: list[list[tuple[int, str, int, int]]] = [[] for _ in self.classes]
+        longest = [0] * self.num_classes
+        for g, genome in enumerate(self.genomes):
+            for s in genome.segments["train"]:
+                longest[genome.class_index] = max(longest[genome.class_index], s.length)
+                if s.length >= window:
+                    regions[genome.class_index].append((g, s.contig, s.start, s.end - window))
+        for c, found in enumerate(regions):
+            if not found:
+                raise ValueError(self._too_short(c, "training", window, longest[c]))
+        return regions
+
+    def eval_windows(self, part: str, window: int, *, per_class: int | None = None,
+                     max_n_fraction: float = 0.1, required: bool = True) -> EvalWindows:
+        """Fixed, non-overlapping windows tiling a part's segments, at most ``per_class`` per class.
+
+        A class with more windows keeps an evenly spaced subset (deterministic, spread over all its genomes).
+
+        Raises:
+            ValueError: (when ``required``) a class has no window in this part: its segments are all shorter than
+                ``window`` or too rich in N.
+        """
+        rows = []
+        for c in range(self.num_classes):
+            found, longest = [], 0
+            for g, genome in enumerate(self.genomes):
+                if genome.class_index != c:
+                    continue
+                segments = [s for s in genome.segments[part] if s.length >= window]
+                longest = max([longest] + [s.length for s in genome.segments[part]])
+                planned = plan_windows(self.store(g), segments, window, max_n_fraction=max_n_fraction)
+                found.append(np.column_stack([np.full(len(planned), g), planned]))
+            windows = np.concatenate(found) if found else np.empty((0, 3), dtype=np.int64)
+            if len(windows) == 0:
+                if required:
+                    raise ValueError(self._too_short(c, part, window, longest, max_n_fraction))
+                continue
+            if per_class is not None and len(windows) > per_class:
+                windows = windows[np.unique(np.linspace(0, len(windows) - 1, per_class).round().astype(np.int64))]
+            rows.append(np.column_stack([windows, np.full(len(windows), c)]))
+        table = np.concatenate(rows).astype(np.int64) if rows else np.empty((0, 4), dtype=np.int64)
+        return EvalWindows(table[:, 0], table[:, 1], table[:, 2], table[:, 3], window)
+
+    def _too_short(self, c: int, part: str, window: int, longest: int, max_n_fraction: float | None = None) -> str:
+        label = self.classes[c]
+        if longest >= window and max_n_fraction is not None:
+            return (f"class '{label}': every {window:,}-bp {part} window has more than {max_n_fraction:.0%} N; "
+                    f"raise max_n_fraction or use a shorter context")
+        where = {"genome": "genomes", "contig": "contigs"}.get(self.split["method"], "held-out regions")
+        hint = "raise the split fractions or " if self.split["method"] == "region" else ""
+        return (f"class '{label}': no {part} sequence is as long as the {window:,}-bp context (longest: {longest:,} "
+                f"bp in its {part} {where}); {hint}use a shorter context")
+
+    def describe(self) -> str:
+        """A table of classes, genomes and bases per part."""
+        lines = [f"{'class':<16} {'genomes':>7} " + " ".join(f"{p + ' bp':>14}" for p in PARTS)]
+        per_part = {p: self.bases(p) for p in PARTS}
+        for c, label in enumerate(self.classes):
+            count = sum(g.class_index == c for g in self.genomes)
+            lines.append(f"{label:<16} {count:>7} " + " ".join(f"{per_part[p][label]:>14,}" for p in PARTS))
+        lines.append(f"split: {self.split['method']} (val_fraction {self.split['val_fraction']}, "
+                     f"test_fraction {self.split['test_fraction']})")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class EvalWindows:
+    """Fixed evaluation windows: genome index, contig index (into that genome's store), start, class index.
+
+    Shapes:
+        genome, contig, start, label: (M,) int64.
+    """
+
+    genome: np.ndarray
+    contig: np.ndarray
+    start: np.ndarray
+    label: np.ndarray
+    window: int
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def per_class(self, num_classes: int) -> list[int]:
+        return np.bincount(self.label, minlength=num_classes).tolist()
+
+
+class _EpochMixin:
+    """Per-item random draws from ``(seed, epoch, index)``, with the epoch in shared memory for workers."""
+
+    def _init_epoch(self, seed: int) -> None:
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, got {seed}")
+        self.seed = seed
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the draws of an epoch (called by ``EpochSeeder`` before each training epoch)."""
+        self._epoch[0] = epoch
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, int(self._epoch[0]), index))
+
+
+@dataclass(frozen=True)
+class WindowDraw:
+    """Where a training item comes from: class, genome index, contig, start and strand."""
+
+    label: int
+    genome: int
+    contig: str
+    start: int
+    reverse: bool
+
+
+class BalancedWindowDataset(_EpochMixin, Dataset):
+    """Training windows at random offsets, the same number from every class.
+
+    Item ``i`` belongs to class ``i % num_classes`` (so every batch is balanced); its genome segment is drawn with
+    probability proportional to the number of window positions it offers, then a start uniformly inside it.
+    Windows with more than ``max_n_fraction`` N are redrawn (up to ``max_tries`` times); a window is
+    reverse-complemented with probability ``reverse_complement_prob`` (both strands).
+
+    Shapes:
+        item: ``(tokens (window,) int64, label () int64)``.
+    """
+
+    def __init__(self, dataset: SpeciesDataset, window: int, *, num_samples: int, seed: int = 0,
+                 reverse_complement_prob: float = 0.5, max_n_fraction: float = 0.1, max_tries: int = 100):
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be non-negative, got {num_samples}")
+        if not 0.0 <= reverse_complement_prob <= 1.0:
+            raise ValueError(f"reverse_complement_prob must be in [0, 1], got {reverse_complement_prob}")
+        self._init_epoch(seed)
+        self.dataset = dataset
+        self.window = window
+        self.num_samples = num_samples
+        self.reverse_complement_prob = reverse_complement_prob
+        self.max_n_fraction = max_n_fraction
+        self.max_tries = max_tries
+        self.regions = dataset.train_regions(window)
+        self._weights = [np.cumsum([last - first + 1 for _, _, first, last in r], dtype=np.int64)
+                         for r in self.regions]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def locate(self, index: int) -> WindowDraw:
+        """The window item ``index`` reads (in the current epoch), without reading it."""
+        label = index % self.dataset.num_classes
+        rng = self._rng(index)
+        regions, weights = self.regions[label], self._weights[label]
+        for _ in range(self.max_tries):
+            genome, contig, first, last = regions[int(np.searchsorted(weights, rng.integers(weights[-1]),
+                                                                      side="right"))]
+            start = int(rng.integers(first, last, endpoint=True))
+            n = self.dataset.store(genome).count_n(contig, start, start + self.window)
+            if n <= self.max_n_fraction * self.window:
+                return WindowDraw(label, genome, contig, start, bool(rng.random() < self.reverse_complement_prob))
+        raise RuntimeError(f"class '{self.dataset.classes[label]}': no training window with at most "
+                           f"{self.max_n_fraction:.0%} N in {self.max_tries} draws; raise max_n_fraction")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        draw = self.locate(index)
+        ids = self.dataset.store(draw.genome).fetch(draw.contig, draw.start, draw.start + self.window)
+        if draw.reverse:
+            ids = reverse_complement(ids)
+        return torch.from_numpy(ids.astype(np.int64)), torch.tensor(draw.label)
+
+
+class EvalWindowDataset(Dataset):
+    """Fixed evaluation windows, forward strand (evaluation adds the reverse complement itself).
+
+    Shapes:
+        item: ``(tokens (window,) int64, label () int64)``.
+    """
+
+    def __init__(self, dataset: SpeciesDataset, windows: EvalWindows):
+        self.dataset = dataset
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.windows
+        store = self.dataset.store(int(w.genome[index]))
+        start = int(w.start[index])
+        ids = store.fetch(store.names[int(w.contig[index])], start, start + w.window)
+        return torch.from_numpy(ids.astype(np.int64)), torch.tensor(int(w.label[index]))
+
+
+def prepare_species(manifest: Manifest | str | os.PathLike, out_dir: str | os.PathLike, *,
+                    split: SplitConfig | None = None, data_root: str | os.PathLike | None = None,
+                    progress: bool = True) -> SpeciesDataset:
+    """Build (or reuse) one genome store per genome and write the split to ``out_dir/species.json``.
+
+    Stores already in ``out_dir`` built from the same, unchanged FASTA files are kept.
+
+    Args:
+        manifest: a :class:`Manifest`, a manifest file or a shipped example name.
+        out_dir: dataset directory: absent, empty, or a previous species dataset.
+        split: how to split (default :class:`SplitConfig`).
+        data_root: folder relative FASTA paths are relative to (when ``manifest`` is not yet read).
+        progress: progress bars for large FASTA files.
+
+    Raises:
+        ManifestError: a bad manifest, or a split the manifest does not allow.
+        FastaFormatError, InvalidSequenceError: a malformed FASTA file.
+        StoreError: ``out_dir`` holds something other than a species dataset.
+    """
+    split = split or SplitConfig()
+    if not isinstance(manifest, Manifest):
+        manifest = read_manifest(manifest, data_root)
+    validate_split(manifest, split)  # before building stores: a bad split should cost no parsing
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists() and not _is_dataset_dir(out):
+        raise StoreError(f"{out}: exists and is not a species dataset; refusing to write into it")
+    stores = []
+    for genome in manifest.genomes:
+        directory = out / "stores" / genome.name
+        try:
+            store = GenomeStore.open(directory)
+        except StoreError:
+            store = None
+        if store is None or not store.matches([genome.path]):
+            store = build_store([genome.path], directory, progress=progress)
+        stores.append(store)
+    _remove_stale_stores(out / "stores", {g.name for g in manifest.genomes})
+    segments = split_segments(manifest, [s.contigs for s in stores], split)
+    classes = manifest.labels
+    index = {
+        "format": DATASET_FORMAT,
+        "version": DATASET_VERSION,
+        "manifest": str(manifest.source),
+        "classes": classes,
+        "split": {**asdict(split), "method": resolve_method(manifest, split.method)},
+        "genomes": [
+            {"name": g.name, "label": g.label, "class_index": classes.index(g.label), "fasta": str(g.path),
+             "store": f"stores/{g.name}",
+             "segments": {p: [[s.contig, s.start, s.end] for s in parts[p]] for p in PARTS}}
+            for g, parts in zip(manifest.genomes, segments, strict=True)
+        ],
+    }
+    tmp = out / f".{INDEX_NAME}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(index, indent=1) + "\n")
+    os.replace(tmp, out / INDEX_NAME)
+    return SpeciesDataset.open(out)
+
+
+def _is_dataset_dir(directory: Path) -> bool:
+    """An empty directory, or one holding only what prepare_species writes (maybe interrupted before the index)."""
+    if not directory.is_dir():
+        return False
+    return all(child.name in (INDEX_NAME, "stores") or child.name.startswith(f".{INDEX_NAME}.tmp-")
+               for child in directory.iterdir())
+
+
+def _remove_stale_stores(stores_dir: Path, keep: set[str]) -> None:
+    """Drop stores of genomes no longer in the manifest, so a dataset directory does not grow without bound."""
+    if not stores_dir.is_dir():
+        return
+    for child in stores_dir.iterdir():
+        if child.is_dir() and child.name not in keep and (child / "index.json").is_file():
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def default_dataset_dir(manifest: Manifest, split: SplitConfig, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where a manifest's prepared dataset is cached: ``<cache>/species/<manifest stem>-<hash>``.
+
+    The hash covers the genomes (label, absolute path, split column) and the split settings, so changing either
+    prepares a new dataset instead of silently reusing another split. ``cache_dir`` defaults to
+    ``$DNA_MAMBA_CACHE`` or ``~/.cache/dna_mamba``.
+    """
+    if cache_dir is None:
+        cache_dir = os.environ.get("DNA_MAMBA_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / \
+            "dna_mamba"
+    key = json.dumps([[g.label, str(g.path), g.part] for g in manifest.genomes] + [asdict(split)])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return Path(cache_dir).expanduser() / "species" / f"{manifest.source.stem}-{digest}"

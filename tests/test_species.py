@@ -1,0 +1,156 @@
+"""Species classification end to end on CPU: slices of two real bacterial species, prepare → fine-tune → evaluate.
+
+Kept small (tiny model, 128–256 bp windows, a few optimizer steps) so the whole file runs in well under a minute
+on two cores; it checks the plumbing and the files a run writes, not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from dna_mamba.data.fasta import read_fasta
+from dna_mamba.export import export_checkpoint
+from dna_mamba.model import load_pretrained
+from dna_mamba.species.cli import sweep_main
+from dna_mamba.species.model import load_classifier
+from dna_mamba.tokenizer import decode, reverse_complement
+from dna_mamba.train import build_species_configs, run_from_config
+
+STRAINS = {"E_Coli": ("MG1655-K12", "DH1"), "S_Aureus": ("COL", "N315")}  # (training strain, held-out strain)
+
+
+@pytest.fixture(scope="module")
+def slices(shared_data: Path, tmp_path_factory) -> Path:
+    """A manifest over 36 kb of each of four real genomes, cut into two contigs each (plain FASTA)."""
+    folder = tmp_path_factory.mktemp("species_slices")
+    rows = ["label\tpath\tsplit"]
+    for label, strains in STRAINS.items():
+        for strain, part in zip(strains, ("train", "test"), strict=True):
+            record = next(read_fasta(shared_data / "species" / "bacteria" / label / f"{strain}.fa.gz"))
+            seq = decode(record.ids[:36_000])
+            (folder / f"{strain}.fa").write_text(f">{strain}_1\n{seq[:20_000]}\n>{strain}_2\n{seq[20_000:]}\n")
+            rows.append(f"{label}\t{strain}.fa\t{part}")
+    (folder / "species.tsv").write_text("\n".join(rows) + "\n")
+    return folder / "species.tsv"
+
+
+@pytest.fixture(scope="module")
+def sweep(slices: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sweep")
+    status = sweep_main([str(slices), "--out", str(out), "--contexts", "128,256", "--model", "tiny", "--epochs", "1",
+                         "--steps-per-epoch", "2", "--batch-size", "4", "--micro-batch-tokens", "512", "--lr", "1e-3",
+                         "--test-windows-per-class", "8", "--val-windows-per-class", "2", "--kmer", "3,4",
+                         "--kmer-train-windows", "32", "--accelerator", "cpu", "--quiet",
+                         "--dataset-dir", str(out / "dataset")])
+    assert status == 0
+    return out
+
+
+def test_sweep_writes_runs_table_and_plot(sweep: Path) -> None:
+    table = (sweep / "sweep.md").read_text()
+    assert "| 128 (128) |" in table and "| 256 (256) |" in table and "4-mer acc" in table
+    assert (sweep / "sweep.png").stat().st_size > 5000
+    rows = json.loads((sweep / "sweep.json").read_text())["rows"]
+    assert [r["seq_len"] for r in rows] == [128, 256]
+    for context in ("128", "256"):
+        run = sweep / f"context_{context}"
+        results = json.loads((run / "results.json").read_text())
+        assert results["global_step"] == 2 and results["effective_batch"] == 4
+        assert results["test_windows_per_class"] == [8, 8] and results["test"]["n_windows"] == 16
+        assert set(results["test"]["per_class"]) == {"E_Coli", "S_Aureus"}
+        assert 0.0 <= results["test"]["accuracy"] <= 1.0 and 0.0 <= results["test"]["macro_f1"] <= 1.0
+        assert set(results["kmer"]) == {"3", "4"} and results["kmer"]["4"]["n_windows"] == 16
+        assert (run / "confusion.png").stat().st_size > 5000
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+    # micro-batches of 512 tokens: 4 windows of 128 in one pass, 2 windows of 256 accumulated twice
+    assert [r["accumulate_grad_batches"] for r in rows] == [1, 2]
+
+
+def test_classifier_predicts_both_strands_and_exports(sweep: Path, tmp_path: Path) -> None:
+    classifier = load_classifier(sweep / "context_256" / "classifier")
+    assert classifier.classes == ["E_Coli", "S_Aureus"] and classifier.context == 256
+    tokens = torch.randint(0, 4, (3, 256))
+    probs = classifier.predict_proba(tokens)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+    # Averaged over strands, so a window and its reverse complement get the same answer.
+    torch.testing.assert_close(probs, classifier.predict_proba(reverse_complement(tokens)))
+    # dna-mamba export reads the species checkpoint like a pretraining one: the backbone comes out.
+    exported = load_pretrained(export_checkpoint(sweep / "context_256" / "checkpoints" / "last.ckpt", tmp_path / "m"))
+    for (name, a), b in zip(exported.state_dict().items(), classifier.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def hydra_cfg(overrides: list[str]):
+    with initialize_config_module(config_module="dna_mamba.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+TINY = ["task=species", "model=tiny", "trainer=cpu", "context.seq_len=256", "trainer.enable_progress_bar=false",
+        "trainer.micro_batch_tokens=1024", "task.epochs=1", "task.steps_per_epoch=2", "task.batch_size=4",
+        "task.test_windows_per_class=4", "task.val_windows_per_class=2", "task.run_baseline=false"]
+
+
+def test_hydra_task_fine_tunes_head_on_frozen_pretrained_backbone(sweep: Path, tmp_path: Path) -> None:
+    init = sweep / "context_128" / "classifier" / "model"
+    cfg = hydra_cfg([*TINY, f"task.prepared={sweep / 'dataset'}", f"init_from={init}", "task.freeze_backbone=true",
+                     "task.pooling=mean", "task.lr=1e-2", f"out_dir={tmp_path}"])
+    results = run_from_config(cfg)
+    assert results["seq_len"] == 256 and results["freeze_backbone"] and results["init_from"] == str(init)
+    assert (tmp_path / "confusion.png").is_file() and (tmp_path / "results.json").is_file()
+    trained, start = load_classifier(tmp_path / "classifier"), load_pretrained(init)
+    assert trained.head.pooling == "mean"
+    for (name, a), b in zip(trained.model.state_dict().items(), start.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)  # frozen: the backbone did not move
+
+
+@pytest.mark.parametrize("clip", [1.0, 0.0])
+def test_mixed_precision_with_and_without_gradient_clipping(sweep: Path, tmp_path: Path, clip: float) -> None:
+    # trainer=gpu runs bf16-mixed with clipping; Lightning rejects clipping with a fused optimizer there.
+    cfg = hydra_cfg([*TINY, f"task.prepared={sweep / 'dataset'}", "trainer.precision=bf16-mixed",
+                     f"trainer.gradient_clip_val={clip}", "task.steps_per_epoch=1", "task.export=false",
+                     f"out_dir={tmp_path}"])
+    assert run_from_config(cfg)["global_step"] == 1
+
+
+def test_species_configs_compose_and_build() -> None:
+    for overrides in (["task=species", "task.manifest=x.tsv"], ["experiment=species_bacteria"],
+                      ["experiment=species_drosophila"]):
+        task, model, optim, trainer, seq_len, micro = build_species_configs(hydra_cfg(overrides))
+        assert task.lr == 1e-4 and task.epochs == 10 and task.steps_per_epoch == 1024 and task.batch_size == 64
+        assert seq_len in (16384, 32768, 1024) and micro > 0
+    task, *_ = build_species_configs(hydra_cfg(["experiment=species_drosophila"]))
+    assert task.manifest == "drosophila_chr4" and task.split == "region"
+
+
+def test_context_longer_than_a_class_fails_before_training(slices: Path, tmp_path: Path) -> None:
+    for name in ("short_a", "short_b"):  # a class whose genomes are all shorter than the 256-bp context
+        (tmp_path / f"{name}.fa").write_text(f">{name}_1\n" + "ACGT" * 50 + f"\n>{name}_2\n" + "ACGGT" * 30 + "\n")
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(f"E_Coli\t{slices.parent / 'MG1655-K12.fa'}\nE_Coli\t{slices.parent / 'DH1.fa'}\n"
+                        "shorty\tshort_a.fa\nshorty\tshort_b.fa\n")
+    cfg = hydra_cfg([*TINY, f"task.manifest={manifest}", f"task.dataset_dir={tmp_path / 'data'}",
+                     f"out_dir={tmp_path / 'run'}"])
+    with pytest.raises(ValueError, match="class 'shorty': no training sequence is as long as the 256-bp context"):
+        run_from_config(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="task.manifest is required"):
+        run_from_config(hydra_cfg([*TINY, f"out_dir={tmp_path}"]))
+
+
+def test_eval_windows_are_fixed_and_balanced(sweep: Path) -> None:
+    from dna_mamba.species.dataset import SpeciesDataset
+
+    data = SpeciesDataset.open(sweep / "dataset")
+    a, b = data.eval_windows("test", 256, per_class=8), data.eval_windows("test", 256, per_class=8)
+    assert np.array_equal(a.start, b.start) and a.per_class(2) == [8, 8]
+    held_out = {g for g, genome in enumerate(data.genomes) if genome.segments["test"]}
+    assert set(a.genome.tolist()) == held_out  # held-out strains only

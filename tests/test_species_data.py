@@ -1,0 +1,229 @@
+"""Species data: manifests and their errors, leak-free splits, balanced windows, the k-mer features, metrics."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dna_mamba.baselines import kmer_frequencies
+from dna_mamba.species.cli import prepare_main
+from dna_mamba.species.dataset import BalancedWindowDataset, EvalWindowDataset, SplitConfig, prepare_species
+from dna_mamba.species.kmer import kmer_counts, kmer_features, reverse_complement_index
+from dna_mamba.species.manifest import ManifestError, read_manifest
+from dna_mamba.species.metrics import classification_metrics
+from dna_mamba.tokenizer import encode, reverse_complement
+
+
+def random_genome(n: int, gc: float, seed: int) -> str:
+    p = [(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2]
+    return "".join(np.random.default_rng(seed).choice(list("ACGT"), n, p=p))
+
+
+def write_fasta(path: Path, records: dict[str, str]) -> Path:
+    text = "".join(f">{name}\n{seq}\n" for name, seq in records.items())
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def genomes(tmp_path: Path) -> Path:
+    """Two classes (low / high GC), two genomes each, two contigs per genome; plain and gzip FASTA."""
+    folder = tmp_path / "genomes"
+    folder.mkdir()
+    for i, (label, gc) in enumerate((("low", 0.35), ("high", 0.6))):
+        for j, strain in enumerate(("a", "b")):
+            seed = 10 * i + 2 * j
+            write_fasta(folder / f"{label}_{strain}.fa{'.gz' if strain == 'b' else ''}",
+                        {f"{label}{strain}1": random_genome(6000, gc, seed),
+                         f"{label}{strain}2": random_genome(3000, gc, seed + 1)})
+    return folder
+
+
+def manifest(tmp_path: Path, lines: list[str], name: str = "m.tsv") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def four_genomes(genomes: Path, split: bool = True) -> list[str]:
+    rows = ["label\tpath\tsplit"] if split else ["label\tpath"]
+    for label in ("low", "high"):
+        rows.append(f"{label}\tgenomes/{label}_a.fa" + ("\ttrain" if split else ""))
+        rows.append(f"{label}\tgenomes/{label}_b.fa.gz" + ("\ttest" if split else ""))
+    return rows
+
+
+def test_tsv_and_yaml_manifests_resolve_paths(tmp_path: Path, genomes: Path) -> None:
+    m = read_manifest(manifest(tmp_path, ["# comment", *four_genomes(genomes)]))
+    assert m.labels == ["low", "high"]
+    assert [g.name for g in m.genomes] == ["low_a", "low_b", "high_a", "high_b"]
+    assert [g.part for g in m.genomes] == ["train", "test"] * 2
+    assert all(g.path.is_absolute() and g.path.is_file() for g in m.genomes)
+
+    yaml_path = tmp_path / "other" / "m.yaml"
+    yaml_path.parent.mkdir()
+    yaml_path.write_text("genomes:\n  low: [genomes/low_a.fa, {path: genomes/low_b.fa.gz, split: test}]\n"
+                         "  high: [genomes/high_a.fa, genomes/high_b.fa.gz]\n")
+    y = read_manifest(yaml_path, data_root=tmp_path)  # relative to data_root, not to the manifest's folder
+    assert y.labels == ["low", "high"] and [g.part for g in y.genomes] == [None, "test", None, None]
+
+
+def test_shipped_manifests_read(shared_data: Path) -> None:
+    bacteria = read_manifest("bacteria", data_root=shared_data)
+    assert len(bacteria.labels) == 5 and len(bacteria.genomes) == 20
+    assert sum(g.part == "test" for g in bacteria.genomes) == 5
+    assert len(read_manifest("drosophila_chr4", data_root=shared_data).labels) == 6
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    (["low\tgenomes/low_a.fa", "low\tgenomes/low_b.fa.gz"], "at least two classes, found only 'low'"),
+    (["low\tgenomes/low_a.fa", "high"], "label 'high' has no FASTA file"),
+    (["low\tgenomes/low_a.fa", "high\tgenomes/low_a.fa"], "appears under two labels, 'low' and 'high'"),
+    (["low\tgenomes/low_a.fa", "high\tgenomes/nope.fa"], "'genomes/nope.fa' not found"),
+    (["low\tgenomes/low_a.fa\tholdout", "high\tgenomes/high_a.fa"], "split must be one of train, val, test"),
+    (["low\tgenomes/low_a.fa", "low\tgenomes/low_a.fa", "high\tgenomes/high_a.fa"], "listed twice under label"),
+])
+def test_bad_manifests_fail_with_one_clear_error(tmp_path: Path, genomes: Path, lines, message) -> None:
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(manifest(tmp_path, lines))
+
+
+def test_same_fasta_through_a_link_under_two_labels(tmp_path: Path, genomes: Path) -> None:
+    (genomes / "alias.fa").symlink_to(genomes / "low_a.fa")
+    with pytest.raises(ManifestError, match="two labels"):
+        read_manifest(manifest(tmp_path, ["low\tgenomes/low_a.fa", "high\tgenomes/alias.fa"]))
+
+
+def test_copy_of_a_fasta_under_another_label(tmp_path: Path, genomes: Path) -> None:
+    (genomes / "copy.fa").write_bytes((genomes / "low_a.fa").read_bytes())
+    with pytest.raises(ManifestError, match="appears under two labels, 'low' and 'high'"):
+        read_manifest(manifest(tmp_path, ["low\tgenomes/low_a.fa", "high\tgenomes/copy.fa"]))
+
+
+def test_yaml_label_without_files(tmp_path: Path, genomes: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("low: [genomes/low_a.fa]\nhigh: []\n")
+    with pytest.raises(ManifestError, match="label 'high' has no FASTA file"):
+        read_manifest(path)
+
+
+def test_prepare_cli_reports_bad_input_in_one_line(tmp_path: Path, genomes: Path, capsys) -> None:
+    bad = manifest(tmp_path, ["low\tgenomes/low_a.fa"])
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_main([str(bad), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "at least two classes" in err and "Traceback" not in err
+
+
+def test_single_genome_class_cannot_hold_out_a_genome(tmp_path: Path, genomes: Path) -> None:
+    lines = ["low\tgenomes/low_a.fa", "high\tgenomes/high_a.fa", "high\tgenomes/high_b.fa.gz"]
+    with pytest.raises(ManifestError, match="class 'low' has a single genome"):
+        prepare_species(manifest(tmp_path, lines), tmp_path / "out", split=SplitConfig("genome"), progress=False)
+    # auto falls back to held-out regions, which needs no second genome
+    data = prepare_species(manifest(tmp_path, lines), tmp_path / "out", progress=False)
+    assert data.split["method"] == "region"
+
+
+def test_class_shorter_than_context_fails_before_training(tmp_path: Path, genomes: Path) -> None:
+    data = prepare_species(manifest(tmp_path, four_genomes(genomes)), tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match="class 'low': no training sequence is as long as the 8,192-bp context"):
+        data.train_regions(8192)
+    with pytest.raises(ValueError, match="no test sequence is as long as the 7,000-bp context"):
+        data.eval_windows("test", 7000)
+
+
+def _overlaps(start: int, end: int, segments) -> bool:
+    return any(start < s.end and s.start < end for s in segments)
+
+
+def _inside(contig: str, start: int, end: int, segments) -> bool:
+    return any(s.contig == contig and s.start <= start and end <= s.end for s in segments)
+
+
+@pytest.mark.parametrize("method", ["genome", "contig", "region"])
+def test_no_training_window_touches_held_out_sequence(tmp_path: Path, genomes: Path, method: str) -> None:
+    lines = four_genomes(genomes, split=method == "genome")
+    data = prepare_species(manifest(tmp_path, lines), tmp_path / method, progress=False,
+                           split=SplitConfig(method, val_fraction=0.1, test_fraction=0.3))
+    window = 500
+    train = BalancedWindowDataset(data, window, num_samples=3000, seed=1)
+    labels = []
+    for i in range(len(train)):
+        draw = train.locate(i)
+        genome = data.genomes[draw.genome]
+        held_out = [s for s in genome.segments["val"] + genome.segments["test"] if s.contig == draw.contig]
+        assert genome.class_index == draw.label
+        assert _inside(draw.contig, draw.start, draw.start + window, genome.segments["train"])
+        assert not _overlaps(draw.start, draw.start + window, held_out)
+        labels.append(draw.label)
+    assert np.bincount(labels).tolist() == [1500, 1500]  # balanced classes
+    for part in ("val", "test"):
+        windows = data.eval_windows(part, window)
+        for g, c, start in zip(windows.genome, windows.contig, windows.start, strict=True):
+            genome = data.genomes[g]
+            contig = data.store(g).names[c]
+            assert _inside(contig, start, start + window, genome.segments[part])
+            assert not _overlaps(start, start + window, [s for s in genome.segments["train"] if s.contig == contig])
+    if method == "genome":  # held-out strains contribute no training window at all
+        test_genomes = {g for g, genome in enumerate(data.genomes) if genome.segments["test"]}
+        assert test_genomes == {1, 3}
+        assert not {train.locate(i).genome for i in range(len(train))} & test_genomes
+
+
+def test_items_are_reproducible_and_both_strands(tmp_path: Path, genomes: Path) -> None:
+    data = prepare_species(manifest(tmp_path, four_genomes(genomes)), tmp_path / "out", progress=False)
+    train = BalancedWindowDataset(data, 300, num_samples=64, seed=3)
+    tokens, label = train[5]
+    assert tokens.shape == (300,) and int(label) == 1
+    assert np.array_equal(tokens.numpy(), train[5][0].numpy())
+    strands = [train.locate(i).reverse for i in range(64)]
+    assert 10 < sum(strands) < 54
+    draw = next(train.locate(i) for i in range(64) if train.locate(i).reverse)
+    index = next(i for i in range(64) if train.locate(i) == draw)
+    forward = data.store(draw.genome).fetch(draw.contig, draw.start, draw.start + 300)
+    assert np.array_equal(train[index][0].numpy(), reverse_complement(forward).astype(np.int64))
+    train.set_epoch(1)
+    assert [train.locate(i).start for i in range(8)] != [BalancedWindowDataset(data, 300, num_samples=64, seed=3)
+                                                          .locate(i).start for i in range(8)]
+    test = EvalWindowDataset(data, data.eval_windows("test", 300, per_class=4))
+    assert len(test) == 8 and [int(test[i][1]) for i in range(8)] == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_prepare_reuses_stores_and_refuses_foreign_directories(tmp_path: Path, genomes: Path) -> None:
+    path = manifest(tmp_path, four_genomes(genomes))
+    first = prepare_species(path, tmp_path / "out", progress=False)
+    stamp = (first.directory / "stores" / "low_a" / "index.json").stat().st_mtime_ns
+    again = prepare_species(path, tmp_path / "out", progress=False)
+    assert (again.directory / "stores" / "low_a" / "index.json").stat().st_mtime_ns == stamp
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a species dataset"):
+        prepare_species(path, tmp_path / "foreign", progress=False)
+
+
+def test_kmer_counts_match_the_reference_and_are_strand_symmetric() -> None:
+    seq = "ACGTNACGGTTAC" + random_genome(200, 0.5, 7)
+    ids = encode(seq)
+    for k in (1, 3, 4):
+        counts = kmer_counts(ids[None], k)[0]
+        np.testing.assert_allclose(counts / counts.sum(), kmer_frequencies(ids, k), rtol=1e-6)
+    rc = reverse_complement(ids)
+    np.testing.assert_allclose(kmer_features(ids[None], 4), kmer_features(rc[None], 4), rtol=1e-6)
+    index = reverse_complement_index(2)
+    assert index[0] == 15 and index[1] == 11  # AA <-> TT, AC <-> GT
+
+
+def test_metrics() -> None:
+    m = classification_metrics([0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 1, 0], ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class"]["a"]["recall"] == pytest.approx(2 / 3) and m["per_class"]["c"]["recall"] == 0.0
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert m["macro_f1"] == pytest.approx((2 * 2 / (3 + 3) + 2 * 2 / (2 + 3) + 0) / 3)
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
