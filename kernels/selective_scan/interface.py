@@ -1,0 +1,360 @@
+"""Public selective scan (Mamba-1): argument checks, backend dispatch, and the Triton autograd Function."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+try:
+    import triton
+except ImportError:  # Triton ships Linux wheels only; the reference path needs none of it
+    triton = None
+
+from dna_mamba.kernels.selective_scan.reference import selective_scan_ref
+
+logger = logging.getLogger(__name__)
+
+MAX_DSTATE = 64
+# Tests set this to allocate every output and work buffer NaN-filled, so an element no kernel writes shows.
+POISON_OUTPUTS = False
+_FLOAT_IO = (torch.float32, torch.float16, torch.bfloat16)
+_BACKENDS = ("auto", "triton", "reference")
+_warned_fallback = False
+
+
+def _shape(t: torch.Tensor | None) -> str:
+    return "None" if t is None else f"{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')} on {t.device}"
+
+
+def _check_args(u, delta, A, B, C, D, z, delta_bias, initial_state, backend) -> None:
+    """Raise ValueError naming the argument and the shapes, before anything is launched."""
+
+    def fail(msg: str) -> None:
+        raise ValueError(f"selective_scan: {msg}")
+
+    if backend not in _BACKENDS:
+        fail(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        if not isinstance(t, torch.Tensor):
+            fail(f"{name} must be a tensor, got {type(t).__name__}")
+    if u.dim() != 3:
+        fail(f"u must be (batch, dim, L), got {_shape(u)}")
+    batch, dim, seqlen = u.shape
+    if seqlen < 1:
+        fail(f"u must have L >= 1, got {_shape(u)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        fail(f"A must be (dim, N) = ({dim}, N), got {_shape(A)} (u: {_shape(u)})")
+    if A.dtype != torch.float32:
+        fail(f"A must be float32, got {_shape(A)}")
+    dstate = A.shape[1]
+    if not 1 <= dstate <= MAX_DSTATE:
+        fail(f"A's N must be in [1, {MAX_DSTATE}], got {_shape(A)}")
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() != 4 or t.shape[0] != batch or t.shape[2] != dstate or t.shape[3] != seqlen:
+            fail(f"{name} must be (batch, groups, N, L) = ({batch}, groups, {dstate}, {seqlen}), got {_shape(t)}")
+    if B.shape[1] != C.shape[1]:
+        fail(f"B and C must have the same groups, got B {_shape(B)} and C {_shape(C)}")
+    groups = B.shape[1]
+    if groups < 1 or dim % groups != 0:
+        fail(f"dim {dim} must be divisible by groups {groups} (u: {_shape(u)}, B: {_shape(B)})")
+    per_channel = (("delta", delta), ("z", z))
+    for name, t in per_channel:
+        if t is not None and tuple(t.shape) != (batch, dim, seqlen):
+            fail(f"{name} must have u's shape {tuple(u.shape)}, got {_shape(t)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and (t.dim() != 1 or t.shape[0] != dim):
+            fail(f"{name} must be (dim,) = ({dim},), got {_shape(t)}")
+    if initial_state is not None and tuple(initial_state.shape) != (batch, dim, dstate):
+        fail(f"initial_state must be (batch, dim, N) = ({batch}, {dim}, {dstate}), got {_shape(initial_state)}")
+    named = [("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z)]
+    named += [("delta_bias", delta_bias), ("initial_state", initial_state)]
+    for name, t in named:
+        if t is not None and t.dtype not in _FLOAT_IO:
+            fail(f"{name} must be float32, float16 or bfloat16, got {_shape(t)}")
+        if t is not None and t.device != u.device:
+            fail(f"all tensors must be on one device: u is {_shape(u)}, {name} is {_shape(t)}")
+
+
+_LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class _Config:
+    """Block sizes of one call; chosen from the shape by ``_config`` (a table, no runtime autotuning)."""
+
+    block_d: int  # forward channels per program, one per thread
+    block_d_bwd: int  # the same for the backward
+    block_n: int  # N rounded up to a power of two
+    t_tile: int  # forward steps per loaded tile, unrolled
+    t_tile_bwd: int  # the same for the backward
+    maxnreg: int | None  # register cap of the forward kernels (None: the compiler's choice)
+    chunk_len: int  # steps per chunk; chunks are the unit of sequence parallelism
+    n_chunks: int
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # the interpreter: a few chunks per sequence, so that tests cross chunk boundaries
+
+
+# Overrides of _config's choices, for benchmarks/bench_scan.py --variants and tests only (keys: block_d,
+# block_d_bwd, t_tile, t_tile_bwd, maxnreg, maxnreg_bwd, programs_per_sm, chunk_len (a multiple of the tiles)).
+_TUNING: dict[str, int] = {}
+
+
+def _config(
+    batch: int, dim: int, groups: int, dstate: int, seqlen: int, device: torch.device, sms: int | None = None
+) -> _Config:
+    """Block sizes from the shape. Measured on an H100 (benchmarks/RESULTS.md, selective scan): occupancy is what limits
+    these kernels, so the choices below trade unrolling for registers; larger unrolls hoist the loads of every
+    step of a tile and leave 2 programs per SM."""
+    dim_per_group = dim // groups
+    block_n = triton.next_power_of_2(dstate)
+    pow2 = triton.next_power_of_2(dim_per_group)
+    block_d = _TUNING.get("block_d", min(128, pow2))
+    block_d_bwd = _TUNING.get("block_d_bwd", min(64, pow2))
+    t_tile = _TUNING.get("t_tile", min(8, max(1, 64 // block_n)))  # 4 steps at N = 16
+    t_tile_bwd = _TUNING.get("t_tile_bwd", min(8, max(1, 64 // block_n)))
+    # At N <= 16 a 128-register cap lets 4 programs share an SM (measured: 55 -> 49 ms at S0); larger N needs
+    # more than 128 registers for its state alone.
+    maxnreg = _TUNING.get("maxnreg", 128 if block_n <= 16 and device.type == "cuda" else None)
+    n_dblk = triton.cdiv(dim_per_group, block_d)
+    programs_per_chunk = batch * groups * n_dblk
+    # Enough chunks that every SM holds a few programs; a chunk much shorter than ~256 steps would spend more
+    # on its boundary state and the combine than it gains.
+    sms = _sm_count(device) if sms is None else sms
+    want_chunks = triton.cdiv(_TUNING.get("programs_per_sm", 4) * sms, programs_per_chunk)
+    step = max(t_tile, t_tile_bwd)  # both powers of two: chunks hold whole tiles of either pass
+    min_chunk = 256 if device.type == "cuda" else 2 * step
+    chunk_len = max(min_chunk, triton.cdiv(triton.cdiv(seqlen, want_chunks), step) * step)
+    chunk_len = min(_TUNING.get("chunk_len", chunk_len), triton.cdiv(seqlen, step) * step)
+    return _Config(
+        block_d, block_d_bwd, block_n, t_tile, t_tile_bwd, maxnreg, chunk_len, triton.cdiv(seqlen, chunk_len)
+    )
+
+
+def _new(*shape: int, dtype: torch.dtype = torch.float32, device: torch.device) -> torch.Tensor:
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _empty_like_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A new (batch, dim, L) tensor laid out like x: channel-fastest stays channel-fastest (the model's layout)."""
+    batch, dim, seqlen = x.shape
+    dtype = x.dtype if dtype is None else dtype
+    if x.stride(1) == 1 and dim > 1:
+        return _new(batch, seqlen, dim, dtype=dtype, device=x.device).transpose(1, 2)
+    return _new(batch, dim, seqlen, dtype=dtype, device=x.device)
+
+
+def _pack_bc(B: torch.Tensor, C: torch.Tensor, block_n: int, pad: int) -> torch.Tensor:
+    """B and C as one zero-padded (batch, groups, L + pad, 2, block_n) fp32 buffer.
+
+    Every thread reads all N values of B_t and C_t at every step, so they must sit together in fp32; the copy is
+    O(batch * groups * L * N), a small fraction of the scan's O(batch * dim * L) traffic.
+    """
+    batch, groups, dstate, seqlen = B.shape
+    bc = torch.zeros(batch, groups, seqlen + pad, 2, block_n, dtype=torch.float32, device=B.device)
+    bc[:, :, :seqlen, 0, :dstate] = B.permute(0, 1, 3, 2)
+    bc[:, :, :seqlen, 1, :dstate] = C.permute(0, 1, 3, 2)
+    return bc
+
+
+def _a2t(A: torch.Tensor, block_n: int) -> torch.Tensor:
+    """A * log2(e) as a zero-padded (block_n, dim) buffer: exp(dt A) = exp2(dt A2), read along channels."""
+    dim, dstate = A.shape
+    a2t = torch.zeros(block_n, dim, dtype=torch.float32, device=A.device)
+    a2t[:dstate] = (A.float() * _LOG2E).t()
+    return a2t
+
+
+def _strides(t: torch.Tensor | None) -> tuple[int, int, int]:
+    return (0, 0, 0) if t is None else tuple(t.stride())
+
+
+def _dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return like if t is None else t
+
+
+def _device_guard(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+class _SelectiveScanTriton(torch.autograd.Function):
+    """Saves the inputs and the state at each chunk boundary; the backward recomputes everything else."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+        from dna_mamba.kernels.selective_scan import triton as kernels
+
+        batch, dim, seqlen = u.shape
+        groups, dstate = B.shape[1], A.shape[1]
+        cfg = _config(batch, dim, groups, dstate, seqlen, u.device)
+        dev = u.device
+        n_dblk = triton.cdiv(dim // groups, cfg.block_d)
+        bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd))
+        a2t = _a2t(A, cfg.block_n)
+        Df = None if D is None else D.float().contiguous()
+        biasf = None if delta_bias is None else delta_bias.float().contiguous()
+        y = _empty_like_layout(u)
+        final = _new(batch, dim, dstate, device=dev)
+        # Entry c is the state entering chunk c; entry n_chunks the final state. Saved for the backward.
+        states = _new(batch, cfg.n_chunks + 1, cfg.block_n, dim, device=dev)
+        hloc = _new(*states.shape, device=dev)
+        dtsum = _new(batch, cfg.n_chunks + 1, dim, device=dev)
+
+        dims = (dim, dstate, seqlen, cfg.chunk_len, cfg.n_chunks, groups, dim // groups, n_dblk, bc.shape[2], 1)
+        strides = (*u.stride(), *delta.stride(), *_strides(z), *y.stride())
+        meta = dict(
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+            BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, T_TILE=cfg.t_tile, num_warps=max(1, cfg.block_d // 32),
+        )
+        if cfg.maxnreg is not None:
+            meta["maxnreg"] = cfg.maxnreg
+        ptrs = (u, delta, _dummy(z, u), y, a2t, _dummy(Df, a2t), _dummy(biasf, a2t), bc, states, hloc, dtsum, final)
+        with _device_guard(u):
+            if cfg.n_chunks > 1:
+                # The last chunk's local pass would only feed the final state, which the output pass produces.
+                kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks - 1)](
+                    *ptrs, *dims, *strides, LOCAL=True, **meta
+                )
+            kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, 128))](
+                a2t, dtsum, hloc, _dummy(initial_state, a2t), states, final, dim, cfg.n_chunks, dstate,
+                *_strides(initial_state),
+                HAS_FIRST=initial_state is not None, REVERSE=False, BLOCK_N=cfg.block_n, BLOCK_D=128, num_warps=4,
+            )
+            kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks)](*ptrs, *dims, *strides, LOCAL=False, **meta)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
+        ctx.delta_softplus = bool(delta_softplus)
+        ctx.cfg = cfg
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        from dna_mamba.kernels.selective_scan import triton as kernels
+
+        u, delta, A, B, C, D, z, delta_bias, initial_state, states = ctx.saved_tensors
+        cfg = ctx.cfg
+        batch, dim, seqlen = u.shape
+        groups, dstate = B.shape[1], A.shape[1]
+        dim_per_group = dim // groups
+        n_dblk = triton.cdiv(dim_per_group, cfg.block_d_bwd)
+        dev = u.device
+        if dy is None:
+            dy = torch.zeros_like(u)
+        bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd))
+        bc_len = bc.shape[2]
+        a2t = _a2t(A, cfg.block_n)
+        Df = None if D is None else D.float().contiguous()
+        biasf = None if delta_bias is None else delta_bias.float().contiguous()
+        meta = dict(
+            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
+            BLOCK_D=cfg.block_d_bwd, BLOCK_N=cfg.block_n, T_TILE=cfg.t_tile_bwd,
+            num_warps=max(1, cfg.block_d_bwd // 32),
+        )
+        if "maxnreg_bwd" in _TUNING:
+            meta["maxnreg"] = _TUNING["maxnreg_bwd"]
+        gloc = _new(*states.shape, device=dev)
+        carries = _new(*states.shape, device=dev)
+        dtsum = _new(batch, cfg.n_chunks + 1, dim, device=dev)
+        dinit = _new(batch, dim, dstate, device=dev)
+        beta = _new(batch, seqlen, dim, device=dev).transpose(1, 2)  # read in (step, channel) rows
+        du = _empty_like_layout(u)
+        ddelta = _empty_like_layout(delta)
+        dz = None if z is None else _empty_like_layout(z)
+        dbc = _new(batch, groups, n_dblk, bc_len, 2, cfg.block_n, device=dev)
+        dA = _new(*states.shape, device=dev)
+        mom = _new(*states.shape, device=dev)
+        dD = _new(batch, cfg.n_chunks + 1, dim, device=dev)
+        dbias = _new(batch, cfg.n_chunks + 1, dim, device=dev)
+        dims = (dim, seqlen, cfg.chunk_len, cfg.n_chunks, groups, dim_per_group, n_dblk, bc_len, 1)
+        grid = (batch * groups * n_dblk, cfg.n_chunks)
+        zz = _dummy(z, u)
+        in_strides = (*u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *beta.stride())
+
+        with _device_guard(u):
+            common = (u, delta, zz, dy, a2t, _dummy(Df, a2t), _dummy(biasf, a2t), bc, states)
+            kernels._bwd_forward_kernel[grid](
+                *common, _dummy(dz, u), beta, dbc, dA, mom, gloc, dtsum, dD, *dims, *in_strides, *_strides(dz),
+                HAS_D=D is not None, **meta,
+            )
+            kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, 128))](
+                a2t, dtsum, gloc, _dummy(dfinal, a2t), carries, dinit, dim, cfg.n_chunks, dstate, *_strides(dfinal),
+                HAS_FIRST=dfinal is not None, REVERSE=True, BLOCK_N=cfg.block_n, BLOCK_D=128, num_warps=4,
+            )
+            kernels._bwd_reverse_kernel[grid](
+                *common, carries, beta, du, ddelta, dbc, dbias, *dims, *in_strides, *du.stride(), *ddelta.stride(),
+                HAS_D=D is not None, **meta,
+            )
+        # Per-chunk and per-channel-block partials, summed in a fixed order: bit-identical results every run.
+        n_chunks = cfg.n_chunks
+        dbc = dbc.sum(2)[:, :, :seqlen, :, :dstate]  # (batch, groups, L, 2, N)
+        dB = dbc[:, :, :, 0].permute(0, 1, 3, 2).to(B.dtype)
+        dC = dbc[:, :, :, 1].permute(0, 1, 3, 2).to(C.dtype)
+        # The moment term of dA needs the gradient leaving each chunk, known only after the combine.
+        dA = (dA[:, :n_chunks] + carries[:, :n_chunks] * mom[:, :n_chunks]).sum((0, 1))[:dstate].t().to(A.dtype)
+        dD = None if D is None else dD[:, :n_chunks].sum((0, 1)).to(D.dtype)
+        dbias = None if delta_bias is None else dbias[:, :n_chunks].sum((0, 1)).to(delta_bias.dtype)
+        dinit = None if initial_state is None else dinit.to(initial_state.dtype)
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, None
+
+
+def _selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    return _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan of Mamba-1, differentiable in every input, starting from an optional state.
+
+    dt = softplus(delta + delta_bias) if delta_softplus else delta + delta_bias;
+    h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * u_t;  y_t = <h_t, C_t> + D * u_t;  y *= silu(z).
+    Channel d reads group d // (dim // groups) of B and C. State and accumulation are fp32 whatever the I/O
+    dtype. The gradient of final_state flows back, so a sequence scanned in segments with carried state
+    backpropagates exactly as one pass.
+
+    Args:
+        backend: "auto" (Triton for CUDA tensors, the reference otherwise), "triton" or "reference".
+
+    Shapes:
+        u, delta, z: (batch, dim, L), fp32 / fp16 / bf16, any strides
+        A: (dim, N) fp32, N <= 64;  D, delta_bias: (dim,)
+        B, C: (batch, groups, N, L), dim divisible by groups
+        initial_state: (batch, dim, N)
+        returns y (batch, dim, L) in u's dtype, and final_state (batch, dim, N) fp32 if return_final_state
+
+    Raises:
+        ValueError: on wrong ranks or shapes, dtypes, devices or backend, before any kernel runs.
+    """
+    global _warned_fallback
+    _check_args(u, delta, A, B, C, D, z, delta_bias, initial_state, backend)
+    use_triton = backend == "triton" or (backend == "auto" and u.is_cuda and triton is not None)
+    if use_triton and triton is None:
+        raise ValueError("selective_scan: backend='triton' needs the triton package, which is not installed")
+    if use_triton:
+        y, final_state = _selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    else:
+        if backend == "auto" and not _warned_fallback:
+            logger.info("selective_scan: %s tensors, using the pure-PyTorch reference", u.device.type)
+            _warned_fallback = True
+        y, final_state = selective_scan_ref(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state=True
+        )
+    return (y, final_state) if return_final_state else y

@@ -1,0 +1,425 @@
+"""Triton kernels of the selective scan (Mamba-1). Launch logic and shapes live in ``interface.py``.
+
+Layout inside a program: the state is an (N, BLOCK_D) fp32 register tile, one channel per thread and all N
+states of that channel in the thread, so sums over N (y, and most of the gradients) are in-thread arithmetic.
+Time is walked sequentially; u, delta, z and the gradients are read and written in (T_TILE, BLOCK_D) tiles
+whose time axis is in-thread, and the steps of a tile are unrolled, so picking step j of a tile is a register
+move. Only dB and dC sum over channels, across threads (tl.sum: warp shuffles, then shared memory).
+
+The sequence is cut into chunks so that programs = batch x channel blocks x chunks can fill the GPU:
+    forward:  1. _fwd_kernel(LOCAL)      each chunk from a zero state -> chunk-end state and sum of dt
+              2. _chunk_combine_kernel   short sequential pass over chunks -> the state entering each chunk
+              3. _fwd_kernel(OUTPUT)     each chunk from its true start -> y and the final state
+    backward: 1. _bwd_forward_kernel     forward in time from the chunk start: dC, dz, dD, dA, beta, and the
+                                         chunk's own contribution to its start state's gradient
+              2. _chunk_combine_kernel(REVERSE) -> the state gradient leaving each chunk, d initial_state
+              3. _bwd_reverse_kernel     backward in time from the chunk end: du, ddelta, dB, d delta_bias
+The chunk boundary states saved by the forward are the only activations kept besides the inputs.
+
+Why two backward passes and no stored states: d loss / d dt_t needs sum_n A g_t a_t h_{t-1}, the adjoint g
+(computed backwards in time) paired with the state h (computed forwards). Writing p_t = g_t h_t per state,
+    p_{t-1} = p_t - g_t x_t + c_{t-1} h_{t-1},    x_t = dt_t u_t B_t,  c_t = C_t dy_t (injected into g_t),
+so S_t = sum_n A p_t obeys S_{t-1} = S_t - alpha_t + beta_{t-1} with alpha_t = sum_n A g_t x_t (adjoint-side)
+and beta_t = sum_n A c_t h_t (state-side). Pass 1 writes beta per (t, channel), pass 3 carries S from the
+known chunk-end value sum_n A g h and reads off sum_n A g_t a_t h_{t-1} = S_t - alpha_t. dA needs the pairing
+per state but only summed over time, which pass 1 gets from the moment m_t = a_t (m_{t-1} + dt_t h_{t-1}):
+dA = sum_t c_t m_t + (gradient leaving the chunk) m_end.
+Pointer offsets are int64 throughout: batch * dim * L crosses 2^31 at 1M tokens.
+"""
+
+import triton
+import triton.language as tl
+
+LN2 = tl.constexpr(0.6931471805599453)
+
+# Channel strides are never specialised on 1: a unit channel stride (the model's channel-last layout) would make
+# Triton vectorise tile loads along channels and spread time across threads, so that every step would pay for
+# shuffles. A unit time stride stays specialised: then each thread loads its channel's T steps as one vector.
+# For the same reason the internal (N, dim) buffers are addressed through chan_stride (always 1) left
+# unspecialised: with a known unit stride Triton may vectorise those loads and lay the state out with several
+# channels per thread and the N states across lanes, so that the sums over N would cost shuffles.
+_FWD_STRIDES = ["chan_stride", "s_ud", "s_dd", "s_zd", "s_yd"]
+_BWD_STRIDES = ["chan_stride", "s_ud", "s_dd", "s_zd", "s_gd", "s_pd", "s_od", "s_qd"]
+
+
+@triton.jit
+def _softplus(x):
+    # softplus(x) = log1p(exp(x)), with log1p(e) = log(w) * e / (w - 1), w = 1 + e, exact where 1 + e rounds.
+    e = tl.exp(tl.minimum(x, 20.0))
+    w = 1.0 + e
+    log1p = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    return tl.where(x > 20.0, x, log1p)
+
+
+@triton.jit
+def _row(tile, steps, j):
+    """Step j (a constexpr) of a (T, BLOCK_D) tile; the time axis is in-thread, so this is a register pick."""
+    return tl.sum(tl.where(steps[:, None] == j, tile, 0.0), axis=0)
+
+
+@triton.jit
+def _put_row(tile, steps, j, row):
+    """Tile with step j replaced by row (a register move, as in ``_row``)."""
+    return tl.where(steps[:, None] == j, row[None, :], tile)
+
+
+@triton.jit
+def _program_channels(pid, n_dblk, groups, dim_per_group, BLOCK_D: tl.constexpr):
+    """(batch, group, channel block, channel indices, channel mask) of a program over batch x groups x blocks."""
+    dblk = pid % n_dblk
+    bg = pid // n_dblk
+    g = bg % groups
+    b = bg // groups
+    d_local = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d_local < dim_per_group
+    d = g * dim_per_group + d_local
+    return b.to(tl.int64), g.to(tl.int64), dblk.to(tl.int64), d.to(tl.int64), d_mask
+
+
+@triton.jit
+def _load_dt(delta_ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """dt tile (T, BLOCK_D) in fp32 and its pre-activation; masked steps get dt = 0 (an identity step)."""
+    pre = tl.load(delta_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        pre = pre + bias[None, :]
+    dt = pre
+    if SOFTPLUS:
+        dt = _softplus(pre)
+    return tl.where(mask, dt, 0.0), pre
+
+
+@triton.jit
+def _load_dyp(dy_ptrs, z_ptrs, mask, HAS_Z: tl.constexpr):
+    """Upstream gradient of the pre-gate output, dy * silu(z), and the z tile and sigmoid(z) for dz."""
+    dy = tl.load(dy_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptrs, mask=mask, other=0.0).to(tl.float32)
+        sig_z = tl.sigmoid(z)
+        return dy * z * sig_z, dy, z, sig_z
+    return dy, dy, dy, dy
+
+
+@triton.jit(do_not_specialize=_FWD_STRIDES)
+def _fwd_kernel(
+    # pointers
+    u_ptr, delta_ptr, z_ptr, y_ptr, A2T_ptr, D_ptr, bias_ptr, bc_ptr,
+    states_ptr,  # (batch, chunks + 1, BLOCK_N, dim): read the state entering each chunk; write the final state
+    hloc_ptr,  # (batch, chunks + 1, BLOCK_N, dim): chunk-end state from zero (LOCAL)
+    dtsum_ptr,  # (batch, chunks + 1, dim): sum of dt over the chunk (LOCAL)
+    final_ptr,  # (batch, dim, N) fp32: state after the last step (OUTPUT)
+    # dims
+    dim, dstate, seqlen, chunk_len, n_chunks, groups, dim_per_group, n_dblk, bc_len, chan_stride,
+    # strides
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_yb, s_yd, s_yl,
+    # meta
+    LOCAL: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T_TILE: tl.constexpr,
+):
+    b, g, dblk, d, d_mask = _program_channels(tl.program_id(0), n_dblk, groups, dim_per_group, BLOCK_D)
+    c = tl.program_id(1).to(tl.int64)
+    n = tl.arange(0, BLOCK_N)
+    steps = tl.arange(0, T_TILE)
+    nd_mask = d_mask[None, :]
+    # A arrives scaled by log2(e) and transposed to (BLOCK_N, dim), zero past N: exp(dt A) = exp2(dt A2).
+    dc = d * chan_stride
+    A2 = tl.load(A2T_ptr + n[:, None] * dim + dc[None, :], mask=nd_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
+    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0) if HAS_BIAS else None
+    Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0) if HAS_D else None
+
+    state_off = (b * (n_chunks + 1) + c) * BLOCK_N * dim + n[:, None] * dim + dc[None, :]
+    if LOCAL:
+        h = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+        dtsum = tl.zeros((BLOCK_D,), tl.float32)
+    else:
+        h = tl.load(states_ptr + state_off, mask=nd_mask, other=0.0)
+
+    t_start = c * chunk_len
+    t_end = tl.minimum(t_start + chunk_len, seqlen)
+    t = t_start + steps
+    u_ptrs = u_ptr + b * s_ub + t[:, None] * s_ul + d[None, :] * s_ud
+    delta_ptrs = delta_ptr + b * s_db + t[:, None] * s_dl + d[None, :] * s_dd
+    z_ptrs = z_ptr + b * s_zb + t[:, None] * s_zl + d[None, :] * s_zd
+    y_ptrs = y_ptr + b * s_yb + t[:, None] * s_yl + d[None, :] * s_yd
+    # B and C arrive packed as (batch, groups, bc_len, 2, BLOCK_N) fp32, zero-padded past L and N.
+    bc_ptrs = bc_ptr + ((b * groups + g) * bc_len + t_start) * (2 * BLOCK_N) + n
+
+    for t0 in range(t_start, t_end, T_TILE):
+        mask = ((t0 + steps) < t_end)[:, None] & d_mask[None, :]
+        u = tl.load(u_ptrs, mask=mask, other=0.0).to(tl.float32)
+        dt, _ = _load_dt(delta_ptrs, mask, bias, HAS_BIAS, SOFTPLUS)
+        dtu = dt * u
+        if LOCAL:
+            dtsum += tl.sum(dt, axis=0)
+        else:
+            y = tl.zeros((T_TILE, BLOCK_D), tl.float32)
+        for j in tl.static_range(T_TILE):
+            Bj = tl.load(bc_ptrs + j * (2 * BLOCK_N))
+            h = tl.exp2(A2 * _row(dt, steps, j)[None, :]) * h + Bj[:, None] * _row(dtu, steps, j)[None, :]
+            if not LOCAL:
+                Cj = tl.load(bc_ptrs + j * (2 * BLOCK_N) + BLOCK_N)
+                y = _put_row(y, steps, j, tl.sum(h * Cj[:, None], axis=0))
+        if not LOCAL:
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
+                z = tl.load(z_ptrs, mask=mask, other=0.0).to(tl.float32)
+                y *= z * tl.sigmoid(z)
+            tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        u_ptrs += T_TILE * s_ul
+        delta_ptrs += T_TILE * s_dl
+        z_ptrs += T_TILE * s_zl
+        y_ptrs += T_TILE * s_yl
+        bc_ptrs += T_TILE * (2 * BLOCK_N)
+
+    if LOCAL:
+        tl.store(hloc_ptr + state_off, h, mask=nd_mask)
+        tl.store(dtsum_ptr + (b * (n_chunks + 1) + c) * dim + d, dtsum, mask=d_mask)
+    elif c == n_chunks - 1:
+        # The backward starts its reverse pass of the last chunk from this state.
+        tl.store(states_ptr + state_off + BLOCK_N * dim, h, mask=nd_mask)
+        final_off = b * dim * dstate + d[None, :] * dstate + n[:, None]
+        tl.store(final_ptr + final_off, h, mask=nd_mask & (n < dstate)[:, None])
+
+
+@triton.jit
+def _chunk_combine_kernel(
+    A2T_ptr, dtsum_ptr, loc_ptr, first_ptr, out_ptr, last_ptr,
+    dim, n_chunks, dstate,
+    s_fb, s_fd, s_fn,  # strides of first_ptr, (batch, dim, N)
+    HAS_FIRST: tl.constexpr, REVERSE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Carry a state (or a state gradient, REVERSE) across chunks: x <- exp(A sum_dt) * x + loc.
+
+    Forward: x starts as the initial state, out[c] is the state entering chunk c (the last chunk's update is
+    skipped: its result is the final state, which the output pass produces). Reverse: x starts as the final
+    state's gradient, out[c] is the gradient leaving chunk c, and last_ptr gets the initial state's gradient.
+    """
+    b = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    # Internal buffers hold BLOCK_N rows, zero past dstate; the user's (batch, dim, N) tensors hold dstate.
+    mask = (d < dim)[None, :]
+    user_mask = mask & (n < dstate)[:, None]
+    A2 = tl.load(A2T_ptr + n[:, None] * dim + d[None, :], mask=mask, other=0.0)
+    if HAS_FIRST:
+        x = tl.load(first_ptr + b * s_fb + d[None, :] * s_fd + n[:, None] * s_fn, mask=user_mask, other=0.0)
+        x = x.to(tl.float32)
+    else:
+        x = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    n_updates = n_chunks if REVERSE else n_chunks - 1
+    for i in range(n_chunks):
+        c = (n_chunks - 1 - i) if REVERSE else i
+        off = (b * (n_chunks + 1) + c) * BLOCK_N * dim + n[:, None] * dim + d[None, :]
+        tl.store(out_ptr + off, x, mask=mask)
+        if i < n_updates:
+            dtsum = tl.load(dtsum_ptr + (b * (n_chunks + 1) + c) * dim + d, mask=d < dim, other=0.0)
+            x = tl.exp2(A2 * dtsum[None, :]) * x + tl.load(loc_ptr + off, mask=mask, other=0.0)
+    if REVERSE:
+        tl.store(last_ptr + b * dim * dstate + d[None, :] * dstate + n[:, None], x, mask=user_mask)
+
+
+@triton.jit(do_not_specialize=_BWD_STRIDES)
+def _bwd_forward_kernel(
+    # pointers: inputs
+    u_ptr, delta_ptr, z_ptr, dy_ptr, A2T_ptr, D_ptr, bias_ptr, bc_ptr,
+    states_ptr,  # (batch, chunks + 1, BLOCK_N, dim): state entering each chunk (saved by the forward)
+    # pointers: outputs
+    dz_ptr,
+    beta_ptr,  # like u, fp32: beta_t = sum_n A2 C_t h_t dyp_t, for the reverse pass
+    dbc_ptr,  # (batch, groups, channel blocks per group, bc_len, 2, BLOCK_N): dB, dC summed over a block
+    dA_ptr,  # (batch, chunks + 1, BLOCK_N, dim): sum_t c_t m_t
+    mom_ptr,  # (batch, chunks + 1, BLOCK_N, dim): the moment m at the chunk end
+    gloc_ptr,  # (batch, chunks + 1, BLOCK_N, dim): d loss / d (state entering the chunk) from inside the chunk
+    dtsum_ptr,  # (batch, chunks + 1, dim): sum of dt over the chunk
+    dD_ptr,  # (batch, chunks + 1, dim)
+    # dims
+    dim, seqlen, chunk_len, n_chunks, groups, dim_per_group, n_dblk, bc_len, chan_stride,
+    # strides of u, delta, z, dy, beta, dz
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, s_pb, s_pd, s_pl, s_ob, s_od, s_ol,
+    # meta
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T_TILE: tl.constexpr,
+):
+    b, g, dblk, d, d_mask = _program_channels(tl.program_id(0), n_dblk, groups, dim_per_group, BLOCK_D)
+    c = tl.program_id(1).to(tl.int64)
+    n = tl.arange(0, BLOCK_N)
+    steps = tl.arange(0, T_TILE)
+    nd_mask = d_mask[None, :]
+    dc = d * chan_stride
+    A2 = tl.load(A2T_ptr + n[:, None] * dim + dc[None, :], mask=nd_mask, other=0.0)
+    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0) if HAS_BIAS else None
+    Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0) if HAS_D else None
+    state_off = (b * (n_chunks + 1) + c) * BLOCK_N * dim + n[:, None] * dim + dc[None, :]
+    h = tl.load(states_ptr + state_off, mask=nd_mask, other=0.0)
+    mom = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dA = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    # The chunk's own contribution to the gradient of its start state, sum_t (prod_{r<=t} a_r) c_t, carried
+    # forwards with the running decay product, so that no separate reverse pass is needed before the combine.
+    decay = tl.full((BLOCK_N, BLOCK_D), 1.0, tl.float32)
+    gloc = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dtsum = tl.zeros((BLOCK_D,), tl.float32)
+    dD = tl.zeros((BLOCK_D,), tl.float32)
+
+    t_start = c * chunk_len
+    t_end = tl.minimum(t_start + chunk_len, seqlen)
+    t = t_start + steps
+    u_ptrs = u_ptr + b * s_ub + t[:, None] * s_ul + d[None, :] * s_ud
+    delta_ptrs = delta_ptr + b * s_db + t[:, None] * s_dl + d[None, :] * s_dd
+    z_ptrs = z_ptr + b * s_zb + t[:, None] * s_zl + d[None, :] * s_zd
+    dy_ptrs = dy_ptr + b * s_gb + t[:, None] * s_gl + d[None, :] * s_gd
+    dz_ptrs = dz_ptr + b * s_ob + t[:, None] * s_ol + d[None, :] * s_od
+    beta_ptrs = beta_ptr + b * s_pb + t[:, None] * s_pl + d[None, :] * s_pd
+    bc_ptrs = bc_ptr + ((b * groups + g) * bc_len + t_start) * (2 * BLOCK_N) + n
+    dbc_row = dbc_ptr + (((b * groups + g) * n_dblk + dblk) * bc_len + t_start) * (2 * BLOCK_N)
+
+    for t0 in range(t_start, t_end, T_TILE):
+        mask = ((t0 + steps) < t_end)[:, None] & d_mask[None, :]
+        u = tl.load(u_ptrs, mask=mask, other=0.0).to(tl.float32)
+        dt, _ = _load_dt(delta_ptrs, mask, bias, HAS_BIAS, SOFTPLUS)
+        dtsum += tl.sum(dt, axis=0)
+        dtu = dt * u
+        dyp, dy, z, sig_z = _load_dyp(dy_ptrs, z_ptrs, mask, HAS_Z)
+        y_pre = tl.zeros((T_TILE, BLOCK_D), tl.float32)
+        beta = tl.zeros((T_TILE, BLOCK_D), tl.float32)
+        for j in tl.static_range(T_TILE):
+            Bj = tl.load(bc_ptrs + j * (2 * BLOCK_N))
+            Cj = tl.load(bc_ptrs + j * (2 * BLOCK_N) + BLOCK_N)
+            dt_j = _row(dt, steps, j)[None, :]
+            dyp_j = _row(dyp, steps, j)[None, :]
+            a = tl.exp2(A2 * dt_j)
+            mom = a * (mom + dt_j * h)  # h is still h_{t-1} here
+            h = a * h + Bj[:, None] * _row(dtu, steps, j)[None, :]
+            inject = Cj[:, None] * dyp_j  # c_t: what y_t feeds into the state gradient
+            dA += inject * mom
+            decay *= a
+            gloc += decay * inject
+            hC = h * Cj[:, None]
+            if HAS_Z:
+                y_pre = _put_row(y_pre, steps, j, tl.sum(hC, axis=0))
+            beta = _put_row(beta, steps, j, tl.sum(hC * A2, axis=0) * _row(dyp, steps, j))
+            # dC of this step, summed over the block's channels in a fixed order (bit-reproducible).
+            tl.store(dbc_row + j * (2 * BLOCK_N) + BLOCK_N + n, tl.sum(h * dyp_j, axis=1))
+        tl.store(beta_ptrs, beta, mask=mask)
+        if HAS_D:
+            dD += tl.sum(dyp * u, axis=0)
+        if HAS_Z:
+            if HAS_D:
+                y_pre += Dv[None, :] * u
+            dz = dy * y_pre * sig_z * (1.0 + z * (1.0 - sig_z))
+            tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+        u_ptrs += T_TILE * s_ul
+        delta_ptrs += T_TILE * s_dl
+        z_ptrs += T_TILE * s_zl
+        dy_ptrs += T_TILE * s_gl
+        dz_ptrs += T_TILE * s_ol
+        beta_ptrs += T_TILE * s_pl
+        bc_ptrs += T_TILE * (2 * BLOCK_N)
+        dbc_row += T_TILE * (2 * BLOCK_N)
+
+    tl.store(dA_ptr + state_off, dA, mask=nd_mask)
+    tl.store(mom_ptr + state_off, mom, mask=nd_mask)
+    tl.store(gloc_ptr + state_off, gloc, mask=nd_mask)
+    tl.store(dtsum_ptr + (b * (n_chunks + 1) + c) * dim + d, dtsum, mask=d_mask)
+    if HAS_D:
+        tl.store(dD_ptr + (b * (n_chunks + 1) + c) * dim + d, dD, mask=d_mask)
+
+
+@triton.jit(do_not_specialize=_BWD_STRIDES)
+def _bwd_reverse_kernel(
+    # pointers: inputs
+    u_ptr, delta_ptr, z_ptr, dy_ptr, A2T_ptr, D_ptr, bias_ptr, bc_ptr,
+    states_ptr,  # (batch, chunks + 1, BLOCK_N, dim): entry c + 1 is the state leaving chunk c
+    carry_ptr,  # (batch, chunks + 1, BLOCK_N, dim): d loss / d (state leaving each chunk)
+    beta_ptr,  # written by _bwd_forward_kernel
+    # pointers: outputs
+    du_ptr, ddelta_ptr,
+    dbc_ptr,  # as in _bwd_forward_kernel; this pass writes dB
+    dbias_ptr,  # (batch, chunks + 1, dim)
+    # dims
+    dim, seqlen, chunk_len, n_chunks, groups, dim_per_group, n_dblk, bc_len, chan_stride,
+    # strides of u, delta, z, dy, beta, du, ddelta
+    s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, s_pb, s_pd, s_pl, s_ob, s_od, s_ol,
+    s_qb, s_qd, s_ql,
+    # meta
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T_TILE: tl.constexpr,
+):
+    b, g, dblk, d, d_mask = _program_channels(tl.program_id(0), n_dblk, groups, dim_per_group, BLOCK_D)
+    c = tl.program_id(1).to(tl.int64)
+    n = tl.arange(0, BLOCK_N)
+    steps = tl.arange(0, T_TILE)
+    nd_mask = d_mask[None, :]
+    dc = d * chan_stride
+    A2 = tl.load(A2T_ptr + n[:, None] * dim + dc[None, :], mask=nd_mask, other=0.0)
+    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0) if HAS_BIAS else None
+    Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0) if HAS_D else None
+    state_off = (b * (n_chunks + 1) + c) * BLOCK_N * dim + n[:, None] * dim + dc[None, :]
+    G = tl.load(carry_ptr + state_off, mask=nd_mask, other=0.0)  # the part of g_t that comes from after t
+    h_end = tl.load(states_ptr + state_off + BLOCK_N * dim, mask=nd_mask, other=0.0)
+    S_carry = tl.sum(A2 * G * h_end, axis=0)  # S_{t+1} - alpha_{t+1}, starting at the chunk end
+    dbias = tl.zeros((BLOCK_D,), tl.float32)
+
+    t_start = c * chunk_len
+    t_end = tl.minimum(t_start + chunk_len, seqlen)
+    n_tiles = tl.cdiv(t_end - t_start, T_TILE)
+    t_last = t_start + (n_tiles - 1) * T_TILE
+    t = t_last + steps
+    u_ptrs = u_ptr + b * s_ub + t[:, None] * s_ul + d[None, :] * s_ud
+    delta_ptrs = delta_ptr + b * s_db + t[:, None] * s_dl + d[None, :] * s_dd
+    z_ptrs = z_ptr + b * s_zb + t[:, None] * s_zl + d[None, :] * s_zd
+    dy_ptrs = dy_ptr + b * s_gb + t[:, None] * s_gl + d[None, :] * s_gd
+    beta_ptrs = beta_ptr + b * s_pb + t[:, None] * s_pl + d[None, :] * s_pd
+    du_ptrs = du_ptr + b * s_ob + t[:, None] * s_ol + d[None, :] * s_od
+    ddelta_ptrs = ddelta_ptr + b * s_qb + t[:, None] * s_ql + d[None, :] * s_qd
+    bc_ptrs = bc_ptr + ((b * groups + g) * bc_len + t_last) * (2 * BLOCK_N) + n
+    dbc_row = dbc_ptr + (((b * groups + g) * n_dblk + dblk) * bc_len + t_last) * (2 * BLOCK_N)
+
+    for i in range(n_tiles):
+        t0 = t_last - i * T_TILE
+        mask = ((t0 + steps) < t_end)[:, None] & d_mask[None, :]
+        u = tl.load(u_ptrs, mask=mask, other=0.0).to(tl.float32)
+        dt, pre = _load_dt(delta_ptrs, mask, bias, HAS_BIAS, SOFTPLUS)
+        dtu = dt * u
+        dyp, _, _, _ = _load_dyp(dy_ptrs, z_ptrs, mask, HAS_Z)
+        beta = tl.load(beta_ptrs, mask=mask, other=0.0)
+        sgB = tl.zeros((T_TILE, BLOCK_D), tl.float32)
+        dlog = tl.zeros((T_TILE, BLOCK_D), tl.float32)  # sum_n A2 g_t a_t h_{t-1}
+        for jj in tl.static_range(T_TILE):
+            j = T_TILE - 1 - jj
+            Bj = tl.load(bc_ptrs + j * (2 * BLOCK_N))
+            Cj = tl.load(bc_ptrs + j * (2 * BLOCK_N) + BLOCK_N)
+            dt_j = _row(dt, steps, j)[None, :]
+            dtu_j = _row(dtu, steps, j)
+            gj = G + Cj[:, None] * _row(dyp, steps, j)[None, :]  # d loss / d h_t
+            gB = gj * Bj[:, None]
+            sgB = _put_row(sgB, steps, j, tl.sum(gB, axis=0))
+            alpha = tl.sum(gB * A2, axis=0) * dtu_j
+            S = S_carry + _row(beta, steps, j)
+            dlog = _put_row(dlog, steps, j, S - alpha)
+            S_carry = S - alpha
+            # dB of this step, summed over the block's channels in a fixed order (bit-reproducible).
+            tl.store(dbc_row + j * (2 * BLOCK_N) + n, tl.sum(gj * dtu_j[None, :], axis=1))
+            G = tl.exp2(A2 * dt_j) * gj  # d loss / d h_{t-1}, through step t
+        du = dt * sgB
+        if HAS_D:
+            du += Dv[None, :] * dyp
+        tl.store(du_ptrs, du.to(du_ptr.dtype.element_ty), mask=mask)
+        ddt = u * sgB + LN2 * dlog
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(pre)
+        ddt = tl.where(mask, ddt, 0.0)
+        if HAS_BIAS:
+            dbias += tl.sum(ddt, axis=0)
+        tl.store(ddelta_ptrs, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
+        u_ptrs -= T_TILE * s_ul
+        delta_ptrs -= T_TILE * s_dl
+        z_ptrs -= T_TILE * s_zl
+        dy_ptrs -= T_TILE * s_gl
+        beta_ptrs -= T_TILE * s_pl
+        du_ptrs -= T_TILE * s_ol
+        ddelta_ptrs -= T_TILE * s_ql
+        bc_ptrs -= T_TILE * (2 * BLOCK_N)
+        dbc_row -= T_TILE * (2 * BLOCK_N)
+
+    if HAS_BIAS:
+        tl.store(dbias_ptr + (b * (n_chunks + 1) + c) * dim + d, dbias, mask=d_mask)
