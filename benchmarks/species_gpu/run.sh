@@ -2,7 +2,7 @@
 # Scaled-down species sweep on one GPU for docs/species.md, run from the repository root on the device machine
 # (the `run` tool: everything it reports goes to $OUT). Before the call, here:
 #   mkdir -p .gpu_data/species && cp -r ../shared/data/species/{bacteria,drosophila_chr4} .gpu_data/species/
-#   build .whl with /work/shared/tools/gpu-wheelhouse.sh (hydra-core, omegaconf, antlr4, pyfaidx, biopython)
+#   build .whl with ../shared/tools/gpu-wheelhouse.sh (hydra-core, omegaconf, antlr4, pyfaidx, biopython)
 # and carry [".gpu_data", ".whl"]: command `bash benchmarks/species_gpu/run.sh 2>&1 | tee $OUT/log.txt`.
 # The k-mer columns come from `species-sweep --kmer-only` on a CPU with the same settings, joined by
 # benchmarks/species_sweep.py.
