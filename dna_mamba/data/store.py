@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dna_mamba.data.fasta import DEFAULT_BLOCK_SIZE, FastaFormatError, detect_compression, iter_fasta_chunks
+from dna_mamba.genomics import canonical_contig_name
 from dna_mamba.tokenizer import N
 
 INDEX_NAME = "index.json"
@@ -37,7 +38,6 @@ STORE_VERSION = 1  # bump when the layout or the tokenizer ids change: cached st
 CACHE_ENV = "DNA_MAMBA_CACHE"
 _HEAD_BYTES = 1 << 20  # bytes hashed to fingerprint a source file (cheap, and catches same-size same-mtime swaps)
 _PROGRESS_MIN_BYTES = 32 << 20  # smaller inputs build in about a second: a bar would only flicker
-_MITOCHONDRIAL = {"M", "MT"}
 
 PathLike = str | os.PathLike
 
@@ -295,21 +295,14 @@ def resolve_contig(store: GenomeStore, name: str) -> str:
     if store._aliases is None:
         aliases: dict[str, list[str]] = {}
         for contig in store.names:
-            aliases.setdefault(_canonical_contig(contig), []).append(contig)
+            aliases.setdefault(canonical_contig_name(contig), []).append(contig)
         store._aliases = aliases
-    matches = store._aliases.get(_canonical_contig(name), [])
+    matches = store._aliases.get(canonical_contig_name(name), [])
     if len(matches) == 1:
         return matches[0]
     if matches:
         raise UnknownContigError(f"contig '{name}' is ambiguous in store {store.directory.name}: matches {matches}")
     raise UnknownContigError(f"unknown contig '{name}' in {store._describe_names()}")
-
-
-def _canonical_contig(name: str) -> str:
-    key = name.strip().upper()
-    if key.startswith("CHR"):
-        key = key[3:]
-    return "M" if key in _MITOCHONDRIAL else key
 
 
 def build_store(fasta_paths: PathLike | Sequence[PathLike], out_dir: PathLike, *, progress: bool = True,
