@@ -174,21 +174,27 @@ class PretrainModule(L.LightningModule):
         self.log("val/bits_per_base", loss / LN2, prog_bar=True)
 
     def configure_optimizers(self):
-        opt = self.optim
-        # Lightning refuses to clip gradients of a fused optimizer under mixed precision; foreach is nearly as fast.
-        clipping = bool(self.trainer.gradient_clip_val) if self._trainer is not None else False
-        fused = self.device.type == "cuda" and not clipping
-        optimizer = torch.optim.AdamW(
-            self.model.param_groups(opt.weight_decay), lr=opt.lr, betas=(opt.beta1, opt.beta2), fused=fused
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(opt.warmup_fraction * total)
+        return adamw_cosine(self.model.param_groups(self.optim.weight_decay), self.optim, self.trainer, self.device)
 
-        def lr_lambda(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return opt.min_lr_fraction + (1 - opt.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+def adamw_cosine(param_groups: list[dict], opt: OptimConfig, trainer: L.Trainer, device: torch.device) -> dict:
+    """AdamW over ``param_groups`` with linear warm-up then cosine decay, stepped per optimizer step.
+
+    Returns what ``LightningModule.configure_optimizers`` returns. Empty groups (a frozen backbone) are dropped.
+    """
+    # Lightning refuses to clip gradients of a fused optimizer under mixed precision; foreach is nearly as fast.
+    fused = device.type == "cuda" and not trainer.gradient_clip_val
+    optimizer = torch.optim.AdamW(
+        [g for g in param_groups if g["params"]], lr=opt.lr, betas=(opt.beta1, opt.beta2), fused=fused
+    )
+    total = max(1, int(trainer.estimated_stepping_batches))
+    warmup = int(opt.warmup_fraction * total)
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return opt.min_lr_fraction + (1 - opt.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -6,7 +6,6 @@ The backbone lives in ``self.model`` and its config in the hyperparameters (``mo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -15,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from dna_mamba.lit.pretrain import OptimConfig
+from dna_mamba.lit.pretrain import OptimConfig, adamw_cosine
 from dna_mamba.model import DnaMambaConfig, DnaMambaLM
 from dna_mamba.species.dataset import BalancedWindowDataset, EvalWindowDataset, SpeciesDataset
 from dna_mamba.species.kmer import MAX_K
@@ -170,22 +169,7 @@ class SpeciesModule(L.LightningModule):
         groups = [] if self.freeze_backbone else self.model.param_groups(opt.weight_decay)
         groups += [{"params": head_decay, "weight_decay": opt.weight_decay}, {"params": head_bias,
                                                                               "weight_decay": 0.0}]
-        # Lightning refuses gradient clipping with a fused optimizer under mixed precision (the fused step unscales
-        # gradients itself), so fuse only when nothing is clipped.
-        clipping = bool(self.trainer.gradient_clip_val)
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=opt.lr, betas=(opt.beta1, opt.beta2),
-                                      fused=not clipping)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(opt.warmup_fraction * total)
-
-        def lr_lambda(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return opt.min_lr_fraction + (1 - opt.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_cosine(groups, opt, self.trainer, self.device)
 
 
 class SpeciesDataModule(L.LightningDataModule):
