@@ -128,14 +128,22 @@ def split_by_fraction(store: GenomeStore, val_fraction: float, test_fraction: fl
         raise ValueError(f"val_fraction + test_fraction must be below 1, got {val_fraction + test_fraction}")
     parts: dict[str, list[Segment]] = {part: [] for part in PARTS}
     for name, length in store.contigs.items():
-        test_len = round(length * test_fraction)
-        val_len = round(length * val_fraction)
-        b = length - test_len
-        a = b - val_len
-        for part, start, end in (("train", 0, a), ("val", a, b), ("test", b, length)):
-            if end > start:
-                parts[part].append(Segment(name, start, end))
+        add_tail_split(parts, name, length, val_fraction, test_fraction)
     return Split(parts["train"], parts["val"], parts["test"], stores=dict.fromkeys(PARTS, store))
+
+
+def add_tail_split(parts: dict[str, list[Segment]], contig: str, length: int, val_fraction: float,
+                   test_fraction: float) -> None:
+    """Append one contig's train head, val middle and test tail (empty parts skipped) to ``parts``.
+
+    The test tail is ``round(length * test_fraction)`` bases and the val part the ``round(length * val_fraction)``
+    bases before it; fractions are not validated here (:func:`split_by_fraction` does that).
+    """
+    b = length - round(length * test_fraction)
+    a = b - round(length * val_fraction)
+    for part, start, end in (("train", 0, a), ("val", a, b), ("test", b, length)):
+        if end > start:
+            parts[part].append(Segment(contig, start, end))
 
 
 def split_by_files(train: GenomeStore, val: GenomeStore | None = None, test: GenomeStore | None = None) -> Split:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dna_mamba.data.splits import Segment
+from dna_mamba.data.splits import Segment, add_tail_split
 from dna_mamba.data.store import GenomeStore, StoreError, build_store
 from dna_mamba.data.windows import plan_windows
 from dna_mamba.species.manifest import PARTS, Manifest, ManifestError, read_manifest
@@ -115,7 +115,7 @@ def split_segments(manifest: Manifest, contigs: list[dict[str, int]], config: Sp
         else:
             for i in members:
                 for contig, length in contigs[i].items():
-                    _tail_split(contig, length, config.val_fraction, config.test_fraction, parts[i])
+                    add_tail_split(parts[i], contig, length, config.val_fraction, config.test_fraction)
     return parts
 
 
@@ -157,7 +157,7 @@ def _split_genomes(label, genomes, members, contigs, parts, config) -> None:
     for i, role in zip(members, roles, strict=True):
         for contig, length in contigs[i].items():
             if role == "train" and not has_val_genome:
-                _tail_split(contig, length, config.val_fraction, 0.0, parts[i])
+                add_tail_split(parts[i], contig, length, config.val_fraction, 0.0)
             else:
                 parts[i][role].append(Segment(contig, 0, length))
 
@@ -179,17 +179,7 @@ def _split_contigs(label, members, manifest, contigs, parts, config) -> None:
             parts[i]["test"].append(Segment(contig, 0, length))
             held += length
         else:
-            _tail_split(contig, length, config.val_fraction, 0.0, parts[i])
-
-
-def _tail_split(contig: str, length: int, val_fraction: float, test_fraction: float, parts: dict) -> None:
-    test_len = round(length * test_fraction)
-    val_len = round(length * val_fraction)
-    b = length - test_len
-    a = b - val_len
-    for part, start, end in (("train", 0, a), ("val", a, b), ("test", b, length)):
-        if end > start:
-            parts[part].append(Segment(contig, start, end))
+            add_tail_split(parts[i], contig, length, config.val_fraction, 0.0)
 
 
 class SpeciesDataset:
