@@ -1,6 +1,7 @@
 """Shared fixtures. Triton kernels run through the interpreter on machines without a GPU."""
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -20,3 +21,30 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         raise FileNotFoundError(f"{SHARED_DATA}: the shared data folder must sit next to the repository")
     return SHARED_DATA
+
+
+@pytest.fixture
+def run_fast_notebook(monkeypatch, shared_data):
+    """Execute a notebook of ``notebooks/`` in its FAST mode; returns (code-cell outputs, seconds taken).
+
+    The kernel inherits this process's environment, and jupyter_client starts the "python3" kernel with this
+    interpreter (sys.executable), so it sees the same installed dna_mamba.
+    """
+
+    def run(name: str) -> tuple[list[dict], float]:
+        nbformat = pytest.importorskip("nbformat")
+        nbclient = pytest.importorskip("nbclient")
+        monkeypatch.setenv("DNA_MAMBA_NOTEBOOK_FAST", "1")
+        monkeypatch.setenv("DNA_MAMBA_SHARED_DATA", str(shared_data))
+        monkeypatch.delenv("DNA_MAMBA_MODEL", raising=False)
+        path = REPO / "notebooks" / name
+        notebook = nbformat.read(path, as_version=4)
+        client = nbclient.NotebookClient(notebook, timeout=240, kernel_name="python3",
+                                         resources={"metadata": {"path": str(path.parent)}})
+        started = time.perf_counter()
+        client.execute()
+        elapsed = time.perf_counter() - started
+        outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
+        return outputs, elapsed
+
+    return run
