@@ -77,13 +77,12 @@ class GenomeDataModule(L.LightningDataModule):
         self.split: Split | None = None
 
     def prepare_data(self) -> None:
-        # Builds (or reuses) the token stores once, on one process.
-        for path in self._all_fasta():
-            cached_store([path], cache_dir=self.config.cache_dir, progress=self.progress)
-
-    def _all_fasta(self) -> list[Path]:
+        # Builds (or reuses) the token stores once, on one process: one store per file list, exactly the stores
+        # that setup() opens (a store is keyed by its whole list of files).
         cfg = self.config
-        return cfg.resolved_fasta(cfg.fasta) + cfg.resolved_fasta(cfg.val_fasta)
+        for paths in (cfg.fasta, cfg.val_fasta):
+            if paths:
+                cached_store(cfg.resolved_fasta(paths), cache_dir=cfg.cache_dir, progress=self.progress)
 
     def _store(self, paths: list[Path]) -> GenomeStore:
         return cached_store(paths, cache_dir=self.config.cache_dir, progress=False)

@@ -159,7 +159,7 @@ def run_pretraining(
         precision=trainer_config.precision,
         max_steps=trainer_config.max_steps,
         max_time=trainer_config.max_time,
-        val_check_interval=min(trainer_config.val_check_interval, 10**9),
+        val_check_interval=trainer_config.val_check_interval,
         check_val_every_n_epoch=None,
         log_every_n_steps=trainer_config.log_every_n_steps,
         gradient_clip_val=trainer_config.gradient_clip_val,
