@@ -6,9 +6,13 @@ function; the subpackage stays importable by its full name (``from dna_mamba.ker
 import ...``, ``from dna_mamba.kernels.selective_scan import selective_scan_ref``) because imports of dotted
 names go through ``sys.modules``. Only ``import dna_mamba.kernels.selective_scan.interface as m`` (which walks
 attributes) no longer resolves; write ``from dna_mamba.kernels.selective_scan import interface as m`` instead.
+
+The one exception to the naming is ``dna_mamba.kernels.rmsnorm``: its function is ``add_rms_norm``, since it
+fuses the residual add, so binding it here leaves the subpackage attribute alone.
 """
 
 from .causal_conv1d.interface import causal_conv1d  # noqa: I001 - rebinding after the subpackage import is the point
+from .rmsnorm.interface import add_rms_norm
 from .selective_scan.interface import selective_scan  # noqa: I001 - rebinding after the subpackage import is the point
 
-__all__ = ["causal_conv1d", "selective_scan"]
+__all__ = ["add_rms_norm", "causal_conv1d", "selective_scan"]
