@@ -8,9 +8,12 @@ MambaMixer (the block of Gu & Dao 2023):
     in_proj -> (x, z);  x -> causal depthwise conv1d (width 4) -> SiLU -> x_proj -> (dt_low, B, C)
     dt = dt_proj(dt_low);  y = selective_scan(x, dt, A, B, C, D, z, softplus(dt + dt_bias));  out_proj(y)
 
-The scan and the conv come from ``dna_mamba.kernels``: fused Triton on CUDA tensors, the pure-PyTorch reference
-elsewhere, so this file never changes when kernels do. Every layer can start from and return its recurrent state
-(conv_state: the last d_conv - 1 conv inputs; ssm_state: h), which gives streaming over chunks and ``step()``.
+The scan, the conv and the norm come from ``dna_mamba.kernels``: fused Triton on CUDA tensors, the pure-PyTorch
+reference elsewhere, so this file never changes when kernels do. On CUDA the mixer's conv -> x_proj -> dt -> scan
+path runs as one autograd node that recomputes the conv output and dt in the backward instead of storing them
+(``fused_mixer.py``); the step-by-step path below is the CPU path and its test oracle. Every layer can start from
+and return its recurrent state (conv_state: the last d_conv - 1 conv inputs; ssm_state: h), which gives streaming
+over chunks and ``step()``.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dna_mamba.kernels import causal_conv1d, selective_scan
+from dna_mamba.kernels import add_rms_norm, causal_conv1d, selective_scan
 from dna_mamba.model.config import DnaMambaConfig
+from dna_mamba.model.fused_mixer import mamba_inner
 
 
 @dataclass
@@ -54,11 +58,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32: the residual stream of a 1M-token sequence has a wide dynamic range.
-        x32 = x.float()
-        out = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        # Output in the weight dtype: fp32 under autocast (the next matmul casts), bf16 for a bf16 model.
-        return (out * self.weight.float()).to(self.weight.dtype)
+        # Normalised in fp32 (the residual stream of a 1M-token sequence has a wide dynamic range), output in the
+        # weight dtype, or straight in the autocast dtype, which the next matmul would cast to anyway. On CUDA one
+        # Triton kernel, which saves only a per-row scale for the backward.
+        out_dtype = self.weight.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            out_dtype = torch.get_autocast_dtype(x.device.type)
+        out, _ = add_rms_norm(x, self.weight, None, eps=self.eps, residual_in_fp32=False, out_dtype=out_dtype)
+        return out
 
 
 def _no_weight_decay(param: nn.Parameter) -> nn.Parameter:
@@ -72,6 +79,9 @@ class MambaMixer(nn.Module):
     def __init__(self, config: DnaMambaConfig):
         super().__init__()
         self.config = config
+        # The fused inner path (fused_mixer.py): None = on CUDA tensors; True forces it (tests run it on CPU
+        # through the Triton interpreter), False keeps the step-by-step path.
+        self.fused: bool | None = None
         d_model, d_inner, n = config.d_model, config.d_inner, config.d_state
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=config.proj_bias)
         # Depthwise conv weights as a plain (d_inner, d_conv) matrix: the layout the conv kernel takes.
@@ -108,6 +118,14 @@ class MambaMixer(nn.Module):
         cfg = self.config
         n = cfg.d_state
         xz = self.in_proj(hidden)  # (B, L, 2 * d_inner)
+        if self.fused or (self.fused is None and xz.is_cuda):
+            y, conv_state, ssm_state = mamba_inner(
+                xz, self.conv_weight, self.conv_bias, self.x_proj.weight, self.dt_proj.weight,
+                self.dt_proj.bias.float(), -torch.exp(self.A_log.float()), self.D.float(), cfg.dt_rank, n,
+                conv_state=None if state is None else state.conv, ssm_state=None if state is None else state.ssm,
+            )  # (B, d_inner, L), (B, d_inner, d_conv - 1), (B, d_inner, N)
+            out = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+            return out, (LayerState(conv_state, ssm_state) if return_state else None)
         # Views, not copies: the kernels take (B, d_inner, L) with any strides.
         x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
 

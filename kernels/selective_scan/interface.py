@@ -185,50 +185,133 @@ def _device_guard(t: torch.Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+    """The Triton forward without autograd: (y, final_state, chunk_states, config).
+
+    ``chunk_states`` (the state entering each chunk, and the final one) and ``config`` are what ``scan_backward``
+    needs besides the inputs. Callers that recompute u or delta in their own backward (the fused Mamba mixer)
+    use this pair directly; everyone else goes through ``selective_scan``. Arguments are checked there.
+    """
+    from dna_mamba.kernels.selective_scan import triton as kernels
+
+    batch, dim, seqlen = u.shape
+    groups, dstate = B.shape[1], A.shape[1]
+    cfg = _config(batch, dim, groups, dstate, seqlen, u.device)
+    dev = u.device
+    n_dblk = triton.cdiv(dim // groups, cfg.block_d)
+    bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd))
+    a2t = _a2t(A, cfg.block_n)
+    Df = None if D is None else D.float().contiguous()
+    biasf = None if delta_bias is None else delta_bias.float().contiguous()
+    y = _empty_like_layout(u)
+    final = _new(batch, dim, dstate, device=dev)
+    # Entry c is the state entering chunk c; entry n_chunks the final state. Saved for the backward.
+    states = _new(batch, cfg.n_chunks + 1, cfg.block_n, dim, device=dev)
+    hloc = _new(*states.shape, device=dev)
+    dtsum = _new(batch, cfg.n_chunks + 1, dim, device=dev)
+
+    dims = (dim, dstate, seqlen, cfg.chunk_len, cfg.n_chunks, groups, dim // groups, n_dblk, bc.shape[2], 1)
+    strides = (*u.stride(), *delta.stride(), *_strides(z), *y.stride())
+    meta = dict(
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, T_TILE=cfg.t_tile, num_warps=max(1, cfg.block_d // 32),
+    )
+    if cfg.maxnreg is not None:
+        meta["maxnreg"] = cfg.maxnreg
+    ptrs = (u, delta, _dummy(z, u), y, a2t, _dummy(Df, a2t), _dummy(biasf, a2t), bc, states, hloc, dtsum, final)
+    with _device_guard(u):
+        if cfg.n_chunks > 1:
+            # The last chunk's local pass would only feed the final state, which the output pass produces.
+            kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks - 1)](
+                *ptrs, *dims, *strides, LOCAL=True, **meta
+            )
+        kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, 128))](
+            a2t, dtsum, hloc, _dummy(initial_state, a2t), states, final, dim, cfg.n_chunks, dstate,
+            *_strides(initial_state),
+            HAS_FIRST=initial_state is not None, REVERSE=False, BLOCK_N=cfg.block_n, BLOCK_D=128, num_warps=4,
+        )
+        kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks)](*ptrs, *dims, *strides, LOCAL=False, **meta)
+    return y, final, states, cfg
+
+
+def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states, cfg, delta_softplus, dy, dfinal):
+    """Gradients of ``scan_forward``'s (y, final_state) for every input, from the inputs and its chunk states.
+
+    Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state), None where the input is None.
+    """
+    from dna_mamba.kernels.selective_scan import triton as kernels
+
+    states = chunk_states
+    batch, dim, seqlen = u.shape
+    groups, dstate = B.shape[1], A.shape[1]
+    dim_per_group = dim // groups
+    n_dblk = triton.cdiv(dim_per_group, cfg.block_d_bwd)
+    dev = u.device
+    if dy is None:
+        dy = torch.zeros_like(u)
+    bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd))
+    bc_len = bc.shape[2]
+    a2t = _a2t(A, cfg.block_n)
+    Df = None if D is None else D.float().contiguous()
+    biasf = None if delta_bias is None else delta_bias.float().contiguous()
+    meta = dict(
+        HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        BLOCK_D=cfg.block_d_bwd, BLOCK_N=cfg.block_n, T_TILE=cfg.t_tile_bwd,
+        num_warps=max(1, cfg.block_d_bwd // 32),
+    )
+    if "maxnreg_bwd" in _TUNING:
+        meta["maxnreg"] = _TUNING["maxnreg_bwd"]
+    gloc = _new(*states.shape, device=dev)
+    carries = _new(*states.shape, device=dev)
+    dtsum = _new(batch, cfg.n_chunks + 1, dim, device=dev)
+    dinit = _new(batch, dim, dstate, device=dev)
+    beta = _new(batch, seqlen, dim, device=dev).transpose(1, 2)  # read in (step, channel) rows
+    du = _empty_like_layout(u)
+    ddelta = _empty_like_layout(delta)
+    dz = None if z is None else _empty_like_layout(z)
+    dbc = _new(batch, groups, n_dblk, bc_len, 2, cfg.block_n, device=dev)
+    dA = _new(*states.shape, device=dev)
+    mom = _new(*states.shape, device=dev)
+    dD = _new(batch, cfg.n_chunks + 1, dim, device=dev)
+    dbias = _new(batch, cfg.n_chunks + 1, dim, device=dev)
+    dims = (dim, seqlen, cfg.chunk_len, cfg.n_chunks, groups, dim_per_group, n_dblk, bc_len, 1)
+    grid = (batch * groups * n_dblk, cfg.n_chunks)
+    zz = _dummy(z, u)
+    in_strides = (*u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *beta.stride())
+
+    with _device_guard(u):
+        common = (u, delta, zz, dy, a2t, _dummy(Df, a2t), _dummy(biasf, a2t), bc, states)
+        kernels._bwd_forward_kernel[grid](
+            *common, _dummy(dz, u), beta, dbc, dA, mom, gloc, dtsum, dD, *dims, *in_strides, *_strides(dz),
+            HAS_D=D is not None, **meta,
+        )
+        kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, 128))](
+            a2t, dtsum, gloc, _dummy(dfinal, a2t), carries, dinit, dim, cfg.n_chunks, dstate, *_strides(dfinal),
+            HAS_FIRST=dfinal is not None, REVERSE=True, BLOCK_N=cfg.block_n, BLOCK_D=128, num_warps=4,
+        )
+        kernels._bwd_reverse_kernel[grid](
+            *common, carries, beta, du, ddelta, dbc, dbias, *dims, *in_strides, *du.stride(), *ddelta.stride(),
+            HAS_D=D is not None, **meta,
+        )
+    # Per-chunk and per-channel-block partials, summed in a fixed order: bit-identical results every run.
+    n_chunks = cfg.n_chunks
+    dbc = dbc.sum(2)[:, :, :seqlen, :, :dstate]  # (batch, groups, L, 2, N)
+    dB = dbc[:, :, :, 0].permute(0, 1, 3, 2).to(B.dtype)
+    dC = dbc[:, :, :, 1].permute(0, 1, 3, 2).to(C.dtype)
+    # The moment term of dA needs the gradient leaving each chunk, known only after the combine.
+    dA = (dA[:, :n_chunks] + carries[:, :n_chunks] * mom[:, :n_chunks]).sum((0, 1))[:dstate].t().to(A.dtype)
+    dD = None if D is None else dD[:, :n_chunks].sum((0, 1)).to(D.dtype)
+    dbias = None if delta_bias is None else dbias[:, :n_chunks].sum((0, 1)).to(delta_bias.dtype)
+    dinit = None if initial_state is None else dinit.to(initial_state.dtype)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, dinit
+
+
 class _SelectiveScanTriton(torch.autograd.Function):
     """Saves the inputs and the state at each chunk boundary; the backward recomputes everything else."""
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
-        from dna_mamba.kernels.selective_scan import triton as kernels
-
-        batch, dim, seqlen = u.shape
-        groups, dstate = B.shape[1], A.shape[1]
-        cfg = _config(batch, dim, groups, dstate, seqlen, u.device)
-        dev = u.device
-        n_dblk = triton.cdiv(dim // groups, cfg.block_d)
-        bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd))
-        a2t = _a2t(A, cfg.block_n)
-        Df = None if D is None else D.float().contiguous()
-        biasf = None if delta_bias is None else delta_bias.float().contiguous()
-        y = _empty_like_layout(u)
-        final = _new(batch, dim, dstate, device=dev)
-        # Entry c is the state entering chunk c; entry n_chunks the final state. Saved for the backward.
-        states = _new(batch, cfg.n_chunks + 1, cfg.block_n, dim, device=dev)
-        hloc = _new(*states.shape, device=dev)
-        dtsum = _new(batch, cfg.n_chunks + 1, dim, device=dev)
-
-        dims = (dim, dstate, seqlen, cfg.chunk_len, cfg.n_chunks, groups, dim // groups, n_dblk, bc.shape[2], 1)
-        strides = (*u.stride(), *delta.stride(), *_strides(z), *y.stride())
-        meta = dict(
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, T_TILE=cfg.t_tile, num_warps=max(1, cfg.block_d // 32),
-        )
-        if cfg.maxnreg is not None:
-            meta["maxnreg"] = cfg.maxnreg
-        ptrs = (u, delta, _dummy(z, u), y, a2t, _dummy(Df, a2t), _dummy(biasf, a2t), bc, states, hloc, dtsum, final)
-        with _device_guard(u):
-            if cfg.n_chunks > 1:
-                # The last chunk's local pass would only feed the final state, which the output pass produces.
-                kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks - 1)](
-                    *ptrs, *dims, *strides, LOCAL=True, **meta
-                )
-            kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, 128))](
-                a2t, dtsum, hloc, _dummy(initial_state, a2t), states, final, dim, cfg.n_chunks, dstate,
-                *_strides(initial_state),
-                HAS_FIRST=initial_state is not None, REVERSE=False, BLOCK_N=cfg.block_n, BLOCK_D=128, num_warps=4,
-            )
-            kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks)](*ptrs, *dims, *strides, LOCAL=False, **meta)
+        y, final, states, cfg = scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
         ctx.delta_softplus = bool(delta_softplus)
         ctx.cfg = cfg
@@ -236,72 +319,11 @@ class _SelectiveScanTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        from dna_mamba.kernels.selective_scan import triton as kernels
-
         u, delta, A, B, C, D, z, delta_bias, initial_state, states = ctx.saved_tensors
-        cfg = ctx.cfg
-        batch, dim, seqlen = u.shape
-        groups, dstate = B.shape[1], A.shape[1]
-        dim_per_group = dim // groups
-        n_dblk = triton.cdiv(dim_per_group, cfg.block_d_bwd)
-        dev = u.device
-        if dy is None:
-            dy = torch.zeros_like(u)
-        bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd))
-        bc_len = bc.shape[2]
-        a2t = _a2t(A, cfg.block_n)
-        Df = None if D is None else D.float().contiguous()
-        biasf = None if delta_bias is None else delta_bias.float().contiguous()
-        meta = dict(
-            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-            BLOCK_D=cfg.block_d_bwd, BLOCK_N=cfg.block_n, T_TILE=cfg.t_tile_bwd,
-            num_warps=max(1, cfg.block_d_bwd // 32),
+        grads = scan_backward(
+            u, delta, A, B, C, D, z, delta_bias, initial_state, states, ctx.cfg, ctx.delta_softplus, dy, dfinal
         )
-        if "maxnreg_bwd" in _TUNING:
-            meta["maxnreg"] = _TUNING["maxnreg_bwd"]
-        gloc = _new(*states.shape, device=dev)
-        carries = _new(*states.shape, device=dev)
-        dtsum = _new(batch, cfg.n_chunks + 1, dim, device=dev)
-        dinit = _new(batch, dim, dstate, device=dev)
-        beta = _new(batch, seqlen, dim, device=dev).transpose(1, 2)  # read in (step, channel) rows
-        du = _empty_like_layout(u)
-        ddelta = _empty_like_layout(delta)
-        dz = None if z is None else _empty_like_layout(z)
-        dbc = _new(batch, groups, n_dblk, bc_len, 2, cfg.block_n, device=dev)
-        dA = _new(*states.shape, device=dev)
-        mom = _new(*states.shape, device=dev)
-        dD = _new(batch, cfg.n_chunks + 1, dim, device=dev)
-        dbias = _new(batch, cfg.n_chunks + 1, dim, device=dev)
-        dims = (dim, seqlen, cfg.chunk_len, cfg.n_chunks, groups, dim_per_group, n_dblk, bc_len, 1)
-        grid = (batch * groups * n_dblk, cfg.n_chunks)
-        zz = _dummy(z, u)
-        in_strides = (*u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *beta.stride())
-
-        with _device_guard(u):
-            common = (u, delta, zz, dy, a2t, _dummy(Df, a2t), _dummy(biasf, a2t), bc, states)
-            kernels._bwd_forward_kernel[grid](
-                *common, _dummy(dz, u), beta, dbc, dA, mom, gloc, dtsum, dD, *dims, *in_strides, *_strides(dz),
-                HAS_D=D is not None, **meta,
-            )
-            kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, 128))](
-                a2t, dtsum, gloc, _dummy(dfinal, a2t), carries, dinit, dim, cfg.n_chunks, dstate, *_strides(dfinal),
-                HAS_FIRST=dfinal is not None, REVERSE=True, BLOCK_N=cfg.block_n, BLOCK_D=128, num_warps=4,
-            )
-            kernels._bwd_reverse_kernel[grid](
-                *common, carries, beta, du, ddelta, dbc, dbias, *dims, *in_strides, *du.stride(), *ddelta.stride(),
-                HAS_D=D is not None, **meta,
-            )
-        # Per-chunk and per-channel-block partials, summed in a fixed order: bit-identical results every run.
-        n_chunks = cfg.n_chunks
-        dbc = dbc.sum(2)[:, :, :seqlen, :, :dstate]  # (batch, groups, L, 2, N)
-        dB = dbc[:, :, :, 0].permute(0, 1, 3, 2).to(B.dtype)
-        dC = dbc[:, :, :, 1].permute(0, 1, 3, 2).to(C.dtype)
-        # The moment term of dA needs the gradient leaving each chunk, known only after the combine.
-        dA = (dA[:, :n_chunks] + carries[:, :n_chunks] * mom[:, :n_chunks]).sum((0, 1))[:dstate].t().to(A.dtype)
-        dD = None if D is None else dD[:, :n_chunks].sum((0, 1)).to(D.dtype)
-        dbias = None if delta_bias is None else dbias[:, :n_chunks].sum((0, 1)).to(delta_bias.dtype)
-        dinit = None if initial_state is None else dinit.to(initial_state.dtype)
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, None
+        return *grads, None
 
 
 def _selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
