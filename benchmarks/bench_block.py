@@ -1,0 +1,91 @@
+"""One Mamba block (pre-norm + mixer + residual), forward + backward at 1M tokens: ms and peak GiB.
+
+    python benchmarks/bench_block.py                       # d_model 256 and 512, L 2^20, fused and step-by-step
+    python benchmarks/bench_block.py --d-models 256 --seqlen 262144
+
+The block is ``dna_mamba.model.mamba.Block`` (d_state 16, d_conv 4, expand 2) under bf16 autocast with an fp32
+residual stream, batch 1, as in a training step. "fused" is the CUDA default (one autograd node for conv -> x_proj
+-> dt -> scan that recomputes the conv output and dt in the backward, Triton RMSNorm); "step-by-step" is the
+same block with ``mixer.fused = False`` (the CPU path's op-by-op autograd, on the same Triton kernels). Times are
+medians of CUDA-event-timed iterations after warm-up; peak is ``torch.cuda.max_memory_allocated`` over one
+forward + backward, input, output gradient and parameters included (as the baseline counts it). Baseline:
+mamba_ssm's ``Mamba`` block, BASELINES.md (108 ms / 12.4 GiB at 256, 187 ms / 24.5 GiB at 512).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from dna_mamba.model import DnaMambaConfig
+from dna_mamba.model.mamba import Block
+
+BASELINE = {256: (108.0, 12.4), 512: (187.0, 24.5)}  # mamba_ssm Mamba block at L 2^20: fwd+bwd ms, peak GiB
+
+
+def time_ms(fn, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def bench(d_model: int, seqlen: int, fused: bool, warmup: int, iters: int) -> dict:
+    torch.manual_seed(0)
+    block = Block(DnaMambaConfig(d_model=d_model, n_layer=1, d_state=16)).cuda()
+    block.mixer.fused = fused
+    x = torch.randn(1, seqlen, d_model, device="cuda", requires_grad=True)  # the fp32 residual stream
+    dout = torch.randn(1, seqlen, d_model, device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out, _ = block(x)
+        out.backward(dout)
+
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    ms = time_ms(step, warmup, iters)
+    return {"ms": ms, "peak": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--d-models", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--seqlen", type=int, default=2**20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_block.py needs a CUDA GPU")
+
+    print(f"# one Mamba block, fwd + bwd: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast")
+    print("| d_model | L | path | fwd+bwd ms | tokens/s | peak GiB | mamba_ssm ms / GiB | speed-up | memory ratio |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |")
+    for d_model in args.d_models:
+        for fused in (True, False):
+            r = bench(d_model, args.seqlen, fused, args.warmup, args.iters)
+            base = BASELINE.get(d_model) if args.seqlen == 2**20 else None
+            ratio = f"{base[0] / r['ms']:.2f}x" if base else "-"
+            mem = f"{r['peak'] / base[1]:.2f}" if base else "-"
+            base_txt = f"{base[0]:.0f} / {base[1]}" if base else "-"
+            print(f"| {d_model} | {args.seqlen:,} | {'fused' if fused else 'step-by-step'} | {r['ms']:.1f} | "
+                  f"{args.seqlen / r['ms'] * 1e3 / 1e6:.2f} M | {r['peak']:.2f} | {base_txt} | {ratio} | {mem} |",
+                  flush=True)
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One device call for the kernel and long-context work: the GPU test tier, then the block, training-step,
+# RMSNorm and scan benchmarks. Run from the repository root on the device machine; carry .whl (hydra/pyfaidx/
+# biopython wheels from ../shared/tools/gpu-wheelhouse.sh). PARTS picks what to run (default: all).
+set -uo pipefail
+OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PARTS=${PARTS:-"tests block step longest rmsnorm scan"}
+T0=$(date +%s)
+log() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-deps --no-build-isolation -e . || exit 1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+summary="$OUT/summary.md"; : > "$summary"
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+
+if has tests; then
+  log "GPU test tier"
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider -x tests/kernels tests/test_fused_mixer.py \
+    tests/test_segments.py > "$OUT/gpu_tests.log" 2>&1
+  echo "gpu tests: $(tail -1 "$OUT/gpu_tests.log")" | tee -a "$summary"
+fi
+if has block; then
+  log "block"
+  timeout 120 python3 benchmarks/bench_block.py 2>&1 | tee -a "$summary" | tail -6
+fi
+if has step; then
+  log "training step"
+  timeout 200 python3 benchmarks/bench_train_step.py 2>&1 | tee -a "$summary" | tail -14
+fi
+if has longest; then
+  log "longest context"
+  timeout 180 python3 benchmarks/bench_train_step.py --models 8x256 --modes segments --context 2097152 --longest \
+    --longest-contexts 4194304 8388608 16777216 33554432 --steps 1 --warmup 1 2>&1 | tee -a "$summary" | tail -8
+fi
+if has rmsnorm; then
+  log "rmsnorm"
+  timeout 60 python3 benchmarks/bench_rmsnorm.py 2>&1 | tee -a "$summary" | tail -8
+fi
+if has scan; then
+  log "scan S2-S4"
+  timeout 150 python3 benchmarks/bench_scan.py --shapes S2,S3,S4 2>&1 | tee -a "$summary" | tail -14
+fi
+log done
