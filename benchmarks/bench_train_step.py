@@ -38,9 +38,12 @@ def parse_model(name: str) -> DnaMambaConfig:
     return DnaMambaConfig.from_size(name)
 
 
-def run(config: DnaMambaConfig, context: int, mode: str, segment_len: int, steps: int, warmup: int) -> dict:
+def run(config: DnaMambaConfig, context: int, mode: str, segment_len: int, steps: int, warmup: int,
+        fused: bool = True) -> dict:
     torch.manual_seed(0)
     model = DnaMambaLM(config).cuda()
+    for layer in model.layers:
+        layer.mixer.fused = fused
     model.gradient_checkpointing = mode in ("block", "segments")
     optimizer = torch.optim.AdamW(model.param_groups(0.1), lr=1e-4, betas=(0.9, 0.95), fused=True)
     tokens = torch.randint(0, 4, (1, context), device="cuda")
@@ -82,6 +85,8 @@ def main() -> None:
     parser.add_argument("--longest", action="store_true",
                         help="also contexts 2^21 ... 2^24 with segment checkpointing, for the first model")
     parser.add_argument("--longest-contexts", type=int, nargs="+", default=[2**21, 2**22, 2**23, 2**24])
+    parser.add_argument("--step-by-step", action="store_true",
+                        help="the mixer's op-by-op autograd path instead of the fused node (for comparison)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     args = parser.parse_args()
@@ -97,11 +102,11 @@ def main() -> None:
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: | --- |")
     for name, context, mode in runs:
         config = parse_model(name)
-        label = f"{name} ({config.n_layer} x {config.d_model})"
+        label = f"{name} ({config.n_layer} x {config.d_model}{', step-by-step mixer' if args.step_by_step else ''})"
         base = BASELINE.get((config.n_layer, config.d_model, context, mode))
         base_txt = f"{base[0] / 1e6:.2f} M, {base[1]}" if base else "-"
         try:
-            r = run(config, context, mode, args.segment_len, args.steps, args.warmup)
+            r = run(config, context, mode, args.segment_len, args.steps, args.warmup, fused=not args.step_by_step)
         except torch.cuda.OutOfMemoryError:
             print(f"| {label} | - | {context:,} | {mode} | - | out of memory | - | {base_txt} |", flush=True)
         else:

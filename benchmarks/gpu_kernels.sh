@@ -5,7 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-PARTS=${PARTS:-"tests block step longest rmsnorm scan"}
+PARTS=${PARTS:-"tests block step longest rmsnorm scan"}  # also: compare (8 x 256 steps on the step-by-step mixer)
 T0=$(date +%s)
 log() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -16,8 +16,8 @@ has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if has tests; then
   log "GPU test tier"
-  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider -x tests/kernels tests/test_fused_mixer.py \
-    tests/test_segments.py > "$OUT/gpu_tests.log" 2>&1
+  timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -m gpu -p no:cacheprovider --durations=0 \
+    ${GPU_TESTS:-tests/kernels tests/test_fused_mixer.py tests/test_segments.py} > "$OUT/gpu_tests.log" 2>&1
   echo "gpu tests: $(tail -1 "$OUT/gpu_tests.log")" | tee -a "$summary"
 fi
 if has block; then
@@ -27,6 +27,10 @@ fi
 if has step; then
   log "training step"
   timeout 200 python3 benchmarks/bench_train_step.py 2>&1 | tee -a "$summary" | tail -14
+fi
+if has compare; then
+  log "training step, step-by-step mixer"
+  timeout 60 python3 benchmarks/bench_train_step.py --models 8x256 --step-by-step 2>&1 | tee -a "$summary" | tail -4
 fi
 if has longest; then
   log "longest context"

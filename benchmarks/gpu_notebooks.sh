@@ -39,6 +39,8 @@ PY
 run_notebook variant_effect.ipynb 240
 run_notebook embeddings.ipynb 240
 
-log "embedding benchmark, 40.7M"
-timeout 90 python3 benchmarks/bench_embed.py --sizes 40.7m --lengths 1e6,4e6,16e6 2>&1 | tail -8 | tee "$OUT/bench_embed.txt"
+if [ "${EMBED_BENCH:-1}" = 1 ]; then
+  log "embedding benchmark, 40.7M"
+  timeout 90 python3 benchmarks/bench_embed.py --sizes 40.7m --lengths 1e6,4e6,16e6 2>&1 | tail -8 | tee "$OUT/bench_embed.txt"
+fi
 log done
