@@ -46,9 +46,12 @@ def naive_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_stat
     Cd = C.repeat_interleave(dim // groups, dim=1)
     h = torch.zeros(batch, dim, A.shape[1], dtype=u.dtype) if initial_state is None else initial_state
     ys = []
-    for t in range(seqlen):
-        h = torch.exp(dt[..., t, None] * A) * h + (dt[..., t] * u[..., t])[..., None] * Bd[..., t]
-        ys.append((h * Cd[..., t]).sum(-1))
+    # unbind, not x[..., t]: autograd would scatter each step's gradient into a zero tensor of the whole input,
+    # which makes the backward quadratic in L.
+    steps = zip(dt.unbind(-1), u.unbind(-1), Bd.unbind(-1), Cd.unbind(-1), strict=True)
+    for dt_t, u_t, B_t, C_t in steps:
+        h = torch.exp(dt_t[..., None] * A) * h + (dt_t * u_t)[..., None] * B_t
+        ys.append((h * C_t).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D[:, None] * u
