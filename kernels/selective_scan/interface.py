@@ -107,7 +107,8 @@ _TUNING: dict[str, int] = {}
 
 
 def _config(
-    batch: int, dim: int, groups: int, dstate: int, seqlen: int, device: torch.device, sms: int | None = None
+    batch: int, dim: int, groups: int, dstate: int, seqlen: int, device: torch.device, sms: int | None = None,
+    channel_last: bool = True,
 ) -> _Config:
     """Block sizes from the shape. Measured on an H100 (benchmarks/RESULTS.md, selective scan): occupancy is what limits
     these kernels, so the choices below trade unrolling for registers; larger unrolls hoist the loads of every
@@ -116,9 +117,17 @@ def _config(
     block_n = triton.next_power_of_2(dstate)
     pow2 = triton.next_power_of_2(dim_per_group)
     block_d = _TUNING.get("block_d", min(128, pow2))
-    block_d_bwd = _TUNING.get("block_d_bwd", min(64, pow2))
     t_tile = _TUNING.get("t_tile", min(8, max(1, 64 // block_n)))  # 4 steps at N = 16
-    t_tile_bwd = _TUNING.get("t_tile_bwd", min(8, max(1, 64 // block_n)))
+    # The backward: one warp per program (its dB/dC channel sums then stay inside the warp, no shared-memory round)
+    # and short tiles. Measured (benchmarks/RESULTS.md): channel-last inputs (the model's layout) at N 16, S0 161 ->
+    # 89 ms and S1 D 256 26 -> 16 ms; (batch, dim, L)-contiguous inputs at L 2^18, N 8 64 -> 29 ms, N 32 78 -> 51,
+    # N 64 1197 -> 519, but N 16 38 -> 53 ms, so that one case keeps 64 channels and 4 steps.
+    if block_n == 16 and not channel_last:
+        block_d_bwd, t_tile_bwd = min(64, pow2), 4
+    else:
+        block_d_bwd, t_tile_bwd = min(32, pow2), {16: 2, 32: 2}.get(block_n, min(4, max(1, 64 // block_n)))
+    block_d_bwd = _TUNING.get("block_d_bwd", block_d_bwd)
+    t_tile_bwd = _TUNING.get("t_tile_bwd", t_tile_bwd)
     # At N <= 16 a 128-register cap lets 4 programs share an SM (measured: 55 -> 49 ms at S0); larger N needs
     # more than 128 registers for its state alone.
     maxnreg = _TUNING.get("maxnreg", 128 if block_n <= 16 and device.type == "cuda" else None)
@@ -196,7 +205,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
 
     batch, dim, seqlen = u.shape
     groups, dstate = B.shape[1], A.shape[1]
-    cfg = _config(batch, dim, groups, dstate, seqlen, u.device)
+    cfg = _config(batch, dim, groups, dstate, seqlen, u.device, channel_last=u.stride(1) == 1 and seqlen > 1)
     dev = u.device
     n_dblk = triton.cdiv(dim // groups, cfg.block_d)
     bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd))
