@@ -154,3 +154,18 @@ def test_eval_windows_are_fixed_and_balanced(sweep: Path) -> None:
     assert np.array_equal(a.start, b.start) and a.per_class(2) == [8, 8]
     held_out = {g for g, genome in enumerate(data.genomes) if genome.segments["test"]}
     assert set(a.genome.tolist()) == held_out  # held-out strains only
+
+
+def test_memory_settings_checkpoint_blocks_and_refuse_segments() -> None:
+    from dna_mamba.lit.runner import TrainerConfig
+    from dna_mamba.lit.species import SpeciesModule
+    from dna_mamba.lit.species_run import apply_memory_settings
+    from dna_mamba.model import DnaMambaConfig
+
+    module = SpeciesModule(DnaMambaConfig(d_model=8, n_layer=1, d_state=4), ["a", "b"])
+    apply_memory_settings(module, TrainerConfig(activation_checkpointing=True), seq_len=1024)
+    assert module.model.gradient_checkpointing
+    apply_memory_settings(module, TrainerConfig(segment_len=4096), seq_len=1024)  # longer than the window: a no-op
+    assert not module.model.gradient_checkpointing
+    with pytest.raises(ValueError, match="segment_len=256 is not supported by task=species"):
+        apply_memory_settings(module, TrainerConfig(segment_len=256), seq_len=1024)

@@ -105,6 +105,20 @@ def backbone_config(init_from: str | None, model_config: DnaMambaConfig | None) 
     raise FileNotFoundError(f"{init_from}: neither a saved model directory nor a checkpoint file")
 
 
+def apply_memory_settings(module: SpeciesModule, trainer_config: TrainerConfig, seq_len: int) -> None:
+    """Per-block activation checkpointing as configured; segment checkpointing is refused, not ignored.
+
+    The classification loss reads the hidden states of the whole window (the last token, or all of them for
+    mean pooling), so the pretraining loss's segment recomputation does not apply.
+    """
+    if trainer_config.segment_len is not None and trainer_config.segment_len < seq_len:
+        raise ValueError(
+            f"trainer.segment_len={trainer_config.segment_len} is not supported by task=species (context "
+            f"{seq_len:,}); use trainer.activation_checkpointing=true or a smaller trainer.micro_batch_tokens"
+        )
+    module.model.gradient_checkpointing = trainer_config.activation_checkpointing
+
+
 def _loggers(out_dir: Path) -> list:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
@@ -161,6 +175,7 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
                            both_strands=task.both_strands, optim=optim)
     if init_from:
         load_initial_weights(module, init_from)
+    apply_memory_settings(module, trainer_config, seq_len)
 
     has_val = len(datamodule.datasets["val"]) > 0
     trainer = L.Trainer(
