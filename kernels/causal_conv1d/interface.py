@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
-import os
-
 import torch
 
+from .._launch import (
+    check_backend,
+    cuda_sm_count,
+    device_guard,
+    new_buffer,
+    next_power_of_2,
+    shape_of,
+    use_triton,
+)
 from .reference import causal_conv1d_ref
-
-logger = logging.getLogger(__name__)
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _ACTIVATIONS = (None, "silu")
-_BACKENDS = ("auto", "triton", "reference")
 
 # Debug hook: when True, every buffer the Triton path returns or reduces starts out as NaN, so an
 # element a kernel forgot to write fails any comparison. Tests switch it on; it costs a fill per buffer.
@@ -69,7 +70,7 @@ def causal_conv1d(
             defined for L < width - 1 too (on the Triton path, in x's memory order)
     """
     _check_args(x, weight, bias, activation, initial_state, backend)
-    if _use_triton(x, backend):
+    if use_triton("causal_conv1d", x, backend):
         return _CausalConv1dFn.apply(x, weight, bias, initial_state, activation == "silu", return_final_state)
     return causal_conv1d_ref(x, weight, bias, activation, initial_state, return_final_state)
 
@@ -83,9 +84,9 @@ def _check_args(
     backend: str,
 ) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        raise ValueError(f"x must be a (batch, dim, L) tensor, got shape {_shape(x)}")
+        raise ValueError(f"x must be a (batch, dim, L) tensor, got shape {shape_of(x)}")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-        raise ValueError(f"weight must be a (dim, width) tensor, got shape {_shape(weight)}")
+        raise ValueError(f"weight must be a (dim, width) tensor, got shape {shape_of(weight)}")
     batch, dim, _ = x.shape
     width = weight.shape[1]
     if not 2 <= width <= 4:
@@ -93,66 +94,29 @@ def _check_args(
     if weight.shape[0] != dim:
         raise ValueError(f"weight shape {tuple(weight.shape)} does not match dim {dim} of x shape {tuple(x.shape)}")
     if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (dim,)):
-        raise ValueError(f"bias must have shape ({dim},) for x shape {tuple(x.shape)}, got {_shape(bias)}")
+        raise ValueError(f"bias must have shape ({dim},) for x shape {tuple(x.shape)}, got {shape_of(bias)}")
     if initial_state is not None:
         expected = (batch, dim, width - 1)
         if not isinstance(initial_state, torch.Tensor) or tuple(initial_state.shape) != expected:
             raise ValueError(
                 f"initial_state must have shape {expected} (batch, dim, width - 1) for x shape {tuple(x.shape)} "
-                f"and weight shape {tuple(weight.shape)}, got {_shape(initial_state)}"
+                f"and weight shape {tuple(weight.shape)}, got {shape_of(initial_state)}"
             )
     named = {"x": x, "weight": weight, "bias": bias, "initial_state": initial_state}
     for name, tensor in named.items():
         if tensor is not None and tensor.dtype not in _FLOAT_DTYPES:
             raise ValueError(
-                f"{name} must be float32, float16 or bfloat16, got {tensor.dtype} (shape {_shape(tensor)})"
+                f"{name} must be float32, float16 or bfloat16, got {tensor.dtype} (shape {shape_of(tensor)})"
             )
         if tensor is not None and tensor.device != x.device:
-            raise ValueError(f"{name} is on {tensor.device} (shape {_shape(tensor)}) but x is on {x.device}")
+            raise ValueError(f"{name} is on {tensor.device} (shape {shape_of(tensor)}) but x is on {x.device}")
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be None or 'silu', got {activation!r}")
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if backend == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), x is on {x.device}")
-
-
-def _shape(value: object) -> object:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-@functools.cache
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401  (probe only)
-    except ImportError:
-        return False
-    return True
-
-
-_warned_fallback = False
-
-
-def _use_triton(x: torch.Tensor, backend: str) -> bool:
-    global _warned_fallback
-    if backend == "reference" or x.numel() == 0:
-        # Empty inputs would need zero-sized grids; the reference handles them exactly.
-        return False
-    if backend == "triton":
-        return True
-    if x.is_cuda and _triton_available():
-        return True
-    if not _warned_fallback:
-        _warned_fallback = True
-        reason = "Triton is not installed" if x.is_cuda else f"x is on {x.device}"
-        logger.info("causal_conv1d: using the PyTorch reference because %s", reason)
-    return False
+    check_backend(backend, x)
 
 
 def _new_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+    return new_buffer(shape, dtype, device, POISON_OUTPUTS)
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
@@ -189,18 +153,6 @@ def _state_buffer(x: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tens
     return _new_buffer((batch, dim, width - 1), dtype, x.device)
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-# Block sizes by memory layout (a fixed table: no autotuning over 1M-long buffers). Forward tiles hold
-# 4096 elements; backward tiles 1024 or 512, because the backward keeps about a dozen tiles live
-# (dweight partials, the recomputed pre-activation) and larger ones spill registers on sm_90 (ptxas -v).
-# Channels-last puts 64 channels (128 bytes of bf16) along the contiguous axis; sequence-contiguous
-# puts the long axis there. BLOCK_D is capped at the channel count rounded up to a power of two.
 GPU_TILES = {
     "channels_last": {"BLOCK_D": 64, "BLOCK_L_FWD": 64, "BLOCK_L_BWD": 16, "num_warps": 4},
     "sequence_contiguous": {"BLOCK_D": 8, "BLOCK_L_FWD": 512, "BLOCK_L_BWD": 64, "num_warps": 4},
@@ -215,18 +167,14 @@ def _tile_config(x: torch.Tensor) -> dict[str, int]:
         cfg = INTERPRETER_TILES
     else:
         cfg = GPU_TILES["channels_last" if _is_channels_last(x) else "sequence_contiguous"]
-    return {**cfg, "BLOCK_D": min(cfg["BLOCK_D"], _next_power_of_2(x.shape[1]))}
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+    return {**cfg, "BLOCK_D": min(cfg["BLOCK_D"], next_power_of_2(x.shape[1]))}
 
 
 def _chunk_length(padded_len: int, block_l: int, programs_per_chunk: int, device: torch.device) -> int:
     """Positions per backward program: long enough to amortise the dweight partial rows (at most 32
     tiles each), short enough to give every SM about 8 programs."""
     tiles = -(-padded_len // block_l)
-    wanted_chunks = -(-8 * _sm_count(device) // programs_per_chunk)
+    wanted_chunks = -(-8 * (cuda_sm_count(device) if device.type == "cuda" else 1) // programs_per_chunk)
     tiles_per_chunk = max(1, min(32, tiles // wanted_chunks))
     return tiles_per_chunk * block_l
 
@@ -313,7 +261,7 @@ def _backward(
 class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, initial_state, silu, return_final_state):
-        with _device_guard(x):
+        with device_guard(x):
             out, final_state = _forward(x, weight, bias, initial_state, silu, return_final_state)
         # x is saved as the caller's (possibly strided) view; the backward recomputes the pre-activation from it.
         ctx.save_for_backward(x, weight, bias, initial_state)
@@ -325,11 +273,6 @@ class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dfinal_state=None):
         x, weight, bias, initial_state = ctx.saved_tensors
-        with _device_guard(x):
+        with device_guard(x):
             dx, dweight, dbias, dstate = _backward(x, weight, bias, initial_state, dout, dfinal_state, ctx.silu)
         return dx, dweight, dbias, dstate, None, None
-
-
-def _device_guard(x: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Triton launches on the current CUDA device; make it x's (no-op for CPU interpreter runs)."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()

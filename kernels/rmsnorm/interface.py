@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
-import os
-
 import torch
 
+from .._launch import (
+    check_backend,
+    cuda_sm_count,
+    device_guard,
+    new_buffer,
+    next_power_of_2,
+    shape_of,
+    use_triton,
+)
 from .reference import add_rms_norm_ref
 
-logger = logging.getLogger(__name__)
-
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-_BACKENDS = ("auto", "triton", "reference")
 
 # A row is one register tile; past this width it would spill (the model's d_model is 64..2048).
 MAX_TRITON_DIM = 8192
@@ -76,7 +77,8 @@ def add_rms_norm(
         new_residual: (..., d), float32 if residual_in_fp32 else x.dtype
     """
     _check_args(x, weight, residual, eps, out_dtype, backend)
-    if _use_triton(x, backend):
+    too_wide = f"d = {x.shape[-1]} > {MAX_TRITON_DIM}" if x.shape[-1] > MAX_TRITON_DIM else None
+    if use_triton("add_rms_norm", x, backend, unsupported=too_wide):
         return _AddRMSNormFn.apply(x, weight, residual, float(eps), residual_in_fp32, out_dtype or weight.dtype)
     return add_rms_norm_ref(x, weight, residual, eps, residual_in_fp32, out_dtype)
 
@@ -90,74 +92,32 @@ def _check_args(
     backend: str,
 ) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
-        raise ValueError(f"x must be a (..., d) tensor with at least one dim, got shape {_shape(x)}")
+        raise ValueError(f"x must be a (..., d) tensor with at least one dim, got shape {shape_of(x)}")
     dim = x.shape[-1]
     if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != (dim,):
-        raise ValueError(f"weight must have shape ({dim},) for x shape {tuple(x.shape)}, got {_shape(weight)}")
+        raise ValueError(f"weight must have shape ({dim},) for x shape {tuple(x.shape)}, got {shape_of(weight)}")
     if residual is not None and (not isinstance(residual, torch.Tensor) or residual.shape != x.shape):
-        raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {_shape(residual)}")
+        raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {shape_of(residual)}")
     for name, tensor in {"x": x, "weight": weight, "residual": residual}.items():
         if tensor is not None and tensor.dtype not in _FLOAT_DTYPES:
             raise ValueError(
-                f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype} (shape {_shape(tensor)})"
+                f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype} (shape {shape_of(tensor)})"
             )
         if tensor is not None and tensor.device != x.device:
-            raise ValueError(f"{name} is on {tensor.device} (shape {_shape(tensor)}) but x is on {x.device}")
+            raise ValueError(f"{name} is on {tensor.device} (shape {shape_of(tensor)}) but x is on {x.device}")
     if out_dtype is not None and out_dtype not in _FLOAT_DTYPES:
         raise ValueError(f"out_dtype must be None, float16, bfloat16, float32 or float64, got {out_dtype!r}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"eps must be a non-negative number, got {eps!r}")
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if backend == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1), x is on {x.device}")
+    check_backend(backend, x)
     if backend == "triton" and dim > MAX_TRITON_DIM:
         raise ValueError(
             f"backend='triton' supports d <= {MAX_TRITON_DIM}, got x shape {tuple(x.shape)}; use backend='reference'"
         )
 
 
-def _shape(value: object) -> object:
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-
-
-@functools.cache
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401  (probe only)
-    except ImportError:
-        return False
-    return True
-
-
-_warned_fallback = False
-
-
-def _use_triton(x: torch.Tensor, backend: str) -> bool:
-    global _warned_fallback
-    if backend == "reference" or x.numel() == 0:
-        # Empty inputs would need zero-sized grids; the reference handles them exactly.
-        return False
-    if backend == "triton":
-        return True
-    if x.is_cuda and _triton_available() and x.shape[-1] <= MAX_TRITON_DIM:
-        return True
-    if not _warned_fallback:
-        _warned_fallback = True
-        if not x.is_cuda:
-            reason = f"x is on {x.device}"
-        elif x.shape[-1] > MAX_TRITON_DIM:
-            reason = f"d = {x.shape[-1]} > {MAX_TRITON_DIM}"
-        else:
-            reason = "Triton is not installed"
-        logger.info("add_rms_norm: using the PyTorch reference because %s", reason)
-    return False
-
-
 def _new_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+    return new_buffer(shape, dtype, device, POISON_OUTPUTS)
 
 
 def _as_rows(t: torch.Tensor) -> torch.Tensor:
@@ -178,16 +138,6 @@ def _row_strides(t: torch.Tensor | None) -> tuple[int, int]:
     return (0, 0) if t is None else (t.stride(0), t.stride(1))
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-# Tiles by row width (a fixed rule, no autotuning over 2^21-row buffers). BLOCK_D is d rounded up to a
-# power of two; rows per tile fill about 4096 elements in the forward and 2048 in the backward, which
-# keeps about five fp32 tiles live (r, dout, the dw partials, dnew_residual, dr). Wide rows get 8 warps.
 GPU_TILE_ELEMENTS = {"fwd": 4096, "bwd": 2048}
 # The backward runs a fixed number of programs per SM, each over a contiguous run of rows, so the dw
 # partial buffer stays (programs, d) however many rows there are.
@@ -199,7 +149,7 @@ INTERPRETER_BWD_PROGRAMS = 3
 
 
 def _tile_config(dim: int, device: torch.device) -> dict[str, int]:
-    block_d = _next_power_of_2(dim)
+    block_d = next_power_of_2(dim)
     elements = GPU_TILE_ELEMENTS if device.type == "cuda" else INTERPRETER_TILE_ELEMENTS
     return {
         "BLOCK_D": block_d,
@@ -209,14 +159,10 @@ def _tile_config(dim: int, device: torch.device) -> dict[str, int]:
     }
 
 
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def _bwd_rows_per_program(n_rows: int, block_rows: int, device: torch.device) -> int:
     """A whole number of tiles per program, so only the last program ends in a partial tile."""
     tiles = -(-n_rows // block_rows)
-    wanted = GPU_BWD_PROGRAMS_PER_SM * _sm_count(device) if device.type == "cuda" else INTERPRETER_BWD_PROGRAMS
+    wanted = GPU_BWD_PROGRAMS_PER_SM * cuda_sm_count(device) if device.type == "cuda" else INTERPRETER_BWD_PROGRAMS
     return -(-tiles // max(1, min(tiles, wanted))) * block_rows
 
 
@@ -307,7 +253,7 @@ def _backward(
 class _AddRMSNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, residual, eps, residual_in_fp32, out_dtype):
-        with _device_guard(x):
+        with device_guard(x):
             out, new_residual, rstd = _forward(x, weight, residual, eps, residual_in_fp32, out_dtype)
         # out is not saved: the backward recomputes the normalised rows from new_residual and rstd.
         ctx.save_for_backward(new_residual, weight, rstd)
@@ -331,13 +277,8 @@ class _AddRMSNormFn(torch.autograd.Function):
             dx = None if dx_dtype is None else dnew_residual.to(dx_dtype)
             dresidual = None if dresidual_dtype is None else dnew_residual.to(dresidual_dtype)
             return dx, None, dresidual, None, None, None
-        with _device_guard(new_residual):
+        with device_guard(new_residual):
             dx, dweight, dresidual = _backward(
                 new_residual, weight, rstd, dout, dnew_residual, dx_dtype, dresidual_dtype
             )
         return dx, dweight if needs_dweight else None, dresidual, None, None, None
-
-
-def _device_guard(x: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Triton launches on the current CUDA device; make it x's (no-op for CPU interpreter runs)."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()

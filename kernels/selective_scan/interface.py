@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ try:
 except ImportError:  # Triton ships Linux wheels only; the reference path needs none of it
     triton = None
 
+from dna_mamba.kernels._launch import cuda_sm_count, device_guard, new_buffer
 from dna_mamba.kernels.selective_scan.reference import selective_scan_ref
 
 logger = logging.getLogger(__name__)
@@ -96,9 +96,8 @@ class _Config:
 
 
 def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2  # the interpreter: a few chunks per sequence, so that tests cross chunk boundaries
+    # The interpreter: 2, a few chunks per sequence, so that tests cross chunk boundaries.
+    return cuda_sm_count(device) if device.type == "cuda" else 2
 
 
 # Overrides of _config's choices, for benchmarks/bench_scan.py --variants and tests only (keys: block_d,
@@ -147,9 +146,7 @@ def _config(
 
 
 def _new(*shape: int, dtype: torch.dtype = torch.float32, device: torch.device) -> torch.Tensor:
-    if POISON_OUTPUTS:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+    return new_buffer(shape, dtype, device, POISON_OUTPUTS)
 
 
 def _empty_like_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -190,10 +187,6 @@ def _dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like if t is None else t
 
 
-def _device_guard(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
     """The Triton forward without autograd: (y, final_state, chunk_states, config).
 
@@ -228,7 +221,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
     if cfg.maxnreg is not None:
         meta["maxnreg"] = cfg.maxnreg
     ptrs = (u, delta, _dummy(z, u), y, a2t, _dummy(Df, a2t), _dummy(biasf, a2t), bc, states, hloc, dtsum, final)
-    with _device_guard(u):
+    with device_guard(u):
         if cfg.n_chunks > 1:
             # The last chunk's local pass would only feed the final state, which the output pass produces.
             kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks - 1)](
@@ -288,7 +281,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
     zz = _dummy(z, u)
     in_strides = (*u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *beta.stride())
 
-    with _device_guard(u):
+    with device_guard(u):
         common = (u, delta, zz, dy, a2t, _dummy(Df, a2t), _dummy(biasf, a2t), bc, states)
         kernels._bwd_forward_kernel[grid](
             *common, _dummy(dz, u), beta, dbc, dA, mom, gloc, dtsum, dD, *dims, *in_strides, *_strides(dz),
