@@ -20,17 +20,19 @@ from dna_mamba.kernels import causal_conv1d
 from dna_mamba.kernels.selective_scan.interface import scan_backward, scan_forward
 
 
-def _pre_scan(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_state, dt_rank: int, d_state: int):
+def pre_scan(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_state, dt_rank: int, d_state: int,
+             conv_backend: str = "triton"):
     """xz -> (u, delta, B, C, z, conv_final): everything the scan reads, in xz's dtype.
 
     Weights are cast to xz's dtype explicitly (what autocast does) and autocast is off, so the backward's
-    recomputation is the same arithmetic as the forward's whatever autocast state each runs under.
+    recomputation is the same arithmetic as the forward's whatever autocast state each runs under. The
+    step-by-step path (``MambaMixer``) calls this too, with ``conv_backend="auto"``.
     """
     with torch.autocast(xz.device.type, enabled=False):
         x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) views
         u, conv_final = causal_conv1d(
             x, conv_weight, conv_bias, activation="silu", initial_state=conv_state, return_final_state=True,
-            backend="triton",
+            backend=conv_backend,
         )  # (B, d_inner, L), (B, d_inner, d_conv - 1)
         x_dbl = F.linear(u.transpose(1, 2), x_proj_weight.to(xz.dtype))  # (B, L, dt_rank + 2N)
         dt_low, b, c = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
@@ -45,7 +47,7 @@ class _MambaInnerFn(torch.autograd.Function):
     def forward(ctx, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, conv_state,
                 ssm_state, dt_rank, d_state):
         with torch.no_grad():
-            u, delta, b, c, z, conv_final = _pre_scan(
+            u, delta, b, c, z, conv_final = pre_scan(
                 xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_state, dt_rank, d_state
             )
             y, ssm_final, chunk_states, cfg = scan_forward(u, delta, A, b, c, D, z, dt_bias, ssm_state, True)
@@ -64,7 +66,7 @@ class _MambaInnerFn(torch.autograd.Function):
                   for t in (xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_state)]
         xz_, conv_weight_, conv_bias_, x_proj_weight_, dt_proj_weight_, conv_state_ = leaves
         with torch.enable_grad():
-            u, delta, b, c, z, conv_final = _pre_scan(
+            u, delta, b, c, z, conv_final = pre_scan(
                 xz_, conv_weight_, conv_bias_, x_proj_weight_, dt_proj_weight_, conv_state_, ctx.dt_rank, ctx.d_state
             )
         du, ddelta, dA, dB, dC, dD, dz, ddt_bias, dssm_state = scan_backward(

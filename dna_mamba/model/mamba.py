@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dna_mamba.kernels import add_rms_norm, causal_conv1d, selective_scan
+from dna_mamba.kernels import add_rms_norm, selective_scan
 from dna_mamba.model.config import DnaMambaConfig
-from dna_mamba.model.fused_mixer import mamba_inner
+from dna_mamba.model.fused_mixer import mamba_inner, pre_scan
 
 
 @dataclass
@@ -115,48 +115,34 @@ class MambaMixer(nn.Module):
         self, hidden: torch.Tensor, state: LayerState | None = None, return_state: bool = False
     ) -> tuple[torch.Tensor, LayerState | None]:
         """Shapes: hidden (B, L, d_model) -> (B, L, d_model); state as in LayerState."""
-        cfg = self.config
-        n = cfg.d_state
         xz = self.in_proj(hidden)  # (B, L, 2 * d_inner)
+        A = -torch.exp(self.A_log.float())  # (d_inner, N)
+        conv_state, ssm_state = (None, None) if state is None else (state.conv, state.ssm)
         if self.fused or (self.fused is None and xz.is_cuda):
+            cfg = self.config
             y, conv_state, ssm_state = mamba_inner(
                 xz, self.conv_weight, self.conv_bias, self.x_proj.weight, self.dt_proj.weight,
-                self.dt_proj.bias.float(), -torch.exp(self.A_log.float()), self.D.float(), cfg.dt_rank, n,
-                conv_state=None if state is None else state.conv, ssm_state=None if state is None else state.ssm,
-            )  # (B, d_inner, L), (B, d_inner, d_conv - 1), (B, d_inner, N)
-            out = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
-            return out, (LayerState(conv_state, ssm_state) if return_state else None)
-        # Views, not copies: the kernels take (B, d_inner, L) with any strides.
-        x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
-
-        x, conv_state = causal_conv1d(
-            x,
-            self.conv_weight,
-            self.conv_bias,
-            activation="silu",
-            initial_state=None if state is None else state.conv,
-            return_final_state=True,
-        )  # (B, d_inner, L), (B, d_inner, d_conv - 1)
-
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, dt_rank + 2N)
-        dt_low, b, c = torch.split(x_dbl, [cfg.dt_rank, n, n], dim=-1)
-        delta = F.linear(dt_low, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias fused in the scan
-        A = -torch.exp(self.A_log.float())  # (d_inner, N)
-        y, ssm_state = selective_scan(
-            x,
-            delta,
-            A,
-            b.transpose(1, 2).unsqueeze(1),  # (B, 1, N, L): one group of B shared by all channels
-            c.transpose(1, 2).unsqueeze(1),  # (B, 1, N, L)
-            D=self.D.float(),
-            z=z,
-            delta_bias=self.dt_proj.bias.float(),
-            delta_softplus=True,
-            initial_state=None if state is None else state.ssm,
-            return_final_state=True,
-        )  # (B, d_inner, L), (B, d_inner, N)
+                self.dt_proj.bias.float(), A, self.D.float(), cfg.dt_rank, cfg.d_state,
+                conv_state=conv_state, ssm_state=ssm_state,
+            )
+        else:
+            y, conv_state, ssm_state = self._inner_step_by_step(xz, A, conv_state, ssm_state)
+        # y: (B, d_inner, L); conv_state: (B, d_inner, d_conv - 1); ssm_state: (B, d_inner, N)
         out = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
         return out, (LayerState(conv_state, ssm_state) if return_state else None)
+
+    def _inner_step_by_step(self, xz, A, conv_state, ssm_state):
+        """in_proj output -> gated scan output, op by op (the CPU path, and the fused node's oracle)."""
+        cfg = self.config
+        u, delta, b, c, z, conv_state = pre_scan(
+            xz, self.conv_weight, self.conv_bias, self.x_proj.weight, self.dt_proj.weight, conv_state, cfg.dt_rank,
+            cfg.d_state, conv_backend="auto",
+        )  # (B, d_inner, L) for u, delta, z; (B, 1, N, L) for b, c; (B, d_inner, d_conv - 1)
+        y, ssm_state = selective_scan(
+            u, delta, A, b, c, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            initial_state=ssm_state, return_final_state=True,
+        )  # (B, d_inner, L), (B, d_inner, N); dt_proj's bias and the softplus are fused in the scan
+        return y, conv_state, ssm_state
 
     def step(self, hidden: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
         """One token through the recurrence. Shapes: hidden (B, d_model) -> (B, d_model)."""
