@@ -76,12 +76,14 @@ def _no_weight_decay(param: nn.Parameter) -> nn.Parameter:
 class MambaMixer(nn.Module):
     """The Mamba-1 mixer: (B, L, d_model) -> (B, L, d_model), optionally carrying a LayerState."""
 
+    # The fused inner path (fused_mixer.py): None = on CUDA tensors; True forces it (tests run it on CPU through
+    # the Triton interpreter), False keeps the step-by-step path. Set on an instance, or on the class to pin
+    # every mixer (benchmark scripts that route the scan to the reference do).
+    fused: bool | None = None
+
     def __init__(self, config: DnaMambaConfig):
         super().__init__()
         self.config = config
-        # The fused inner path (fused_mixer.py): None = on CUDA tensors; True forces it (tests run it on CPU
-        # through the Triton interpreter), False keeps the step-by-step path.
-        self.fused: bool | None = None
         d_model, d_inner, n = config.d_model, config.d_inner, config.d_state
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=config.proj_bias)
         # Depthwise conv weights as a plain (d_inner, d_conv) matrix: the layout the conv kernel takes.
