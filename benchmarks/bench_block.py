@@ -61,15 +61,41 @@ def bench(d_model: int, seqlen: int, fused: bool, warmup: int, iters: int) -> di
     return {"ms": ms, "peak": peak}
 
 
+def profile(d_model: int, seqlen: int, top: int = 18) -> None:
+    """Where one fused forward + backward spends its GPU time, kernel by kernel (torch.profiler)."""
+    r = bench(d_model, seqlen, True, warmup=1, iters=1)  # compiles and warms up
+    torch.manual_seed(0)
+    block = Block(DnaMambaConfig(d_model=d_model, n_layer=1, d_state=16)).cuda()
+    x = torch.randn(1, seqlen, d_model, device="cuda", requires_grad=True)
+    dout = torch.randn(1, seqlen, d_model, device="cuda")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out, _ = block(x)
+        out.backward(dout)
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]  # kernels, not the ops around them
+    total = sum(e.self_device_time_total for e in events)
+    print(f"# d_model {d_model}, L {seqlen}: {r['ms']:.1f} ms per step, kernels below sum to {total / 1e3:.1f} ms")
+    print("| kernel | calls | ms | share |")
+    print("| --- | ---: | ---: | ---: |")
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:top]:
+        us = e.self_device_time_total
+        print(f"| {e.key[:70]} | {e.count} | {us / 1e3:.2f} | {us / total:.1%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d-models", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--seqlen", type=int, default=2**20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--profile", action="store_true", help="print the GPU time per kernel of one fused step")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_block.py needs a CUDA GPU")
+    if args.profile:
+        profile(args.d_models[0], args.seqlen)
+        return
 
     print(f"# one Mamba block, fwd + bwd: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast")
     print("| d_model | L | path | fwd+bwd ms | tokens/s | peak GiB | mamba_ssm ms / GiB | speed-up | memory ratio |")

@@ -29,7 +29,10 @@ def pre_scan(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_sta
     step-by-step path (``MambaMixer``) calls this too, with ``conv_backend="auto"``.
     """
     with torch.autocast(xz.device.type, enabled=False):
-        x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) views
+        # Split first, then transpose: the backward of chunk concatenates the two gradients along the split
+        # dimension, which is then the fastest one of xz's (B, L, 2 * d_inner) memory. Transposing first made that
+        # concatenation a strided copy that took 32 ms at d_inner 512, L 2^20 (a third of the block's backward).
+        x, z = (half.transpose(1, 2) for half in xz.chunk(2, dim=-1))  # (B, d_inner, L) views
         u, conv_final = causal_conv1d(
             x, conv_weight, conv_bias, activation="silu", initial_state=conv_state, return_final_state=True,
             backend=conv_backend,
