@@ -120,13 +120,10 @@ def _config(
     pow2 = triton.next_power_of_2(dim_per_group)
     block_d = _TUNING.get("block_d", min(128, pow2))
     # Forward steps per tile, measured on an H100 (benchmarks/RESULTS.md). Channel-last (the model's layout), whose
-    # per-channel tiles are prefetched: short tiles won at N 16 (S0 / S1 D 256: 4 steps 39.1 / 6.8 ms, 2 steps
-    # 31.5 / 5.6, 1 step 30.9 / 5.6). Contiguous: 4 steps at every N (S3, L 2^18: N 8 9.2 ms, N 16 11.9, N 32 14.5
-    # where 1 step took 41.0, N 64 22.6 where 1 step took 52.8).
-    if channel_last and block_n <= 16:
-        t_tile = 32 // block_n
-    else:
-        t_tile = 4
+    # per-channel tiles are prefetched: 2 steps up to N 32 (S0 / S1 D 256: 4 steps 39.1 / 6.8 ms, 2 steps 31.5 /
+    # 5.6; S3 N 8: 7.3 -> 6.0 ms), 4 at N 64 (23.3 ms; 1 step 50.1). Contiguous: 4 steps at every N (S3, L 2^18:
+    # N 8 9.2 ms, N 16 11.9, N 32 14.5 where 1 step took 41.0, N 64 22.6 where 1 step took 52.8).
+    t_tile = 2 if channel_last and block_n <= 32 else 4
     t_tile = _TUNING.get("t_tile", t_tile)
     # The backward: one warp per program (its dB/dC channel sums then stay inside the warp, no shared-memory round)
     # and short tiles. Measured (benchmarks/RESULTS.md): channel-last inputs (the model's layout) at N 16, S0 161 ->
