@@ -74,6 +74,35 @@ def test_mamba_inner_matches_unfused_outputs_and_every_gradient(batch, length, d
         torch.testing.assert_close(a, b, rtol=5e-4, atol=5e-5, msg=f"d {name}")
 
 
+@pytest.mark.parametrize("batch, length, with_state", [(1, 70, True), (2, 37, True), (1, 45, False)])
+def test_backward_in_pieces_matches_unfused(monkeypatch, batch, length, with_state):
+    """The backward over pieces of whole chunks (last first, conv and scan state gradients handed back) is exact."""
+    from dna_mamba.model import fused_mixer
+
+    calls = []
+
+    def counting_backward(*args, **kwargs):
+        calls.append(args[0].shape[-1])  # steps of the piece
+        return fused_mixer.scan_backward.__wrapped__(*args, **kwargs)
+
+    counting_backward.__wrapped__ = fused_mixer.scan_backward
+    monkeypatch.setattr(fused_mixer, "scan_backward", counting_backward)
+    monkeypatch.setattr(fused_mixer, "BACKWARD_PIECE_TOKENS", 16)
+    args = _inputs(batch, length, 12, 4, dt_rank=3, d_conv=4, with_state=with_state, with_bias=True, seed=5)
+    fused = mamba_inner(**args)
+    reference = _unfused(**args)
+    g = torch.Generator().manual_seed(2)
+    upstream = [torch.randn(t.shape, generator=g) for t in reference]
+    leaves = [v for v in args.values() if isinstance(v, torch.Tensor)]
+    names = [k for k, v in args.items() if isinstance(v, torch.Tensor)]
+    grads_fused = torch.autograd.grad(fused, leaves, upstream)
+    grads_ref = torch.autograd.grad(reference, leaves, upstream)
+    assert len(calls) >= 3 and sum(calls) == length, calls  # several pieces, covering the sequence once
+    for name, a, b in zip(names, grads_fused, grads_ref, strict=True):
+        assert a is not None, name
+        torch.testing.assert_close(a, b, rtol=5e-4, atol=5e-5, msg=f"d {name}")
+
+
 def test_mamba_inner_saves_no_per_position_activation_but_xz():
     """The point of the node: of the (B, L, ...) tensors only xz is kept for the backward."""
     args = _inputs(2, 64, 16, 4, dt_rank=2, d_conv=4, with_state=False, with_bias=True)
@@ -140,9 +169,13 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("autocast", [False, True])
-def test_gpu_block_fused_matches_step_by_step(autocast):
-    """A real-width block at 2^17 tokens on CUDA: the fused node against the op-by-op path on the same kernels."""
+def test_gpu_block_fused_matches_step_by_step(monkeypatch, autocast):
+    """A real-width block at 2 x 2^17 tokens on CUDA: the fused node, its backward in four pieces, against the
+    op-by-op path on the same kernels."""
+    from dna_mamba.model import fused_mixer
     from dna_mamba.model.mamba import Block
+
+    monkeypatch.setattr(fused_mixer, "BACKWARD_PIECE_TOKENS", 2**16)
 
     results = []
     for fused in (True, False):

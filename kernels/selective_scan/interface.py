@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -110,7 +110,7 @@ _TUNING: dict[str, int] = {}
 
 def _config(
     batch: int, dim: int, groups: int, dstate: int, seqlen: int, device: torch.device, sms: int | None = None,
-    channel_last: bool = True,
+    channel_last: bool = True, splits: int = 1,
 ) -> _Config:
     """Block sizes from the shape. Measured on an H100 (benchmarks/RESULTS.md, selective scan): occupancy is what limits
     these kernels, so the choices below trade unrolling for registers; larger unrolls hoist the loads of every
@@ -143,7 +143,9 @@ def _config(
     # Enough chunks that every SM holds a few programs; a chunk much shorter than ~256 steps would spend more
     # on its boundary state and the combine than it gains.
     sms = _sm_count(device) if sms is None else sms
-    want_chunks = triton.cdiv(_TUNING.get("programs_per_sm", 4) * sms, programs_per_chunk)
+    # A caller that runs the backward in `splits` pieces of whole chunks (the fused mixer) asks for that many times
+    # more chunks, so that each piece alone still fills the GPU.
+    want_chunks = triton.cdiv(_TUNING.get("programs_per_sm", 4) * sms * splits, programs_per_chunk)
     step = max(t_tile, t_tile_bwd)  # both powers of two: chunks hold whole tiles of either pass
     min_chunk = 256 if device.type == "cuda" else 2 * step
     chunk_len = max(min_chunk, triton.cdiv(triton.cdiv(seqlen, want_chunks), step) * step)
@@ -199,18 +201,20 @@ def _dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like if t is None else t
 
 
-def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, splits: int = 1):
     """The Triton forward without autograd: (y, final_state, chunk_states, config).
 
     ``chunk_states`` (the state entering each chunk, and the final one) and ``config`` are what ``scan_backward``
     needs besides the inputs. Callers that recompute u or delta in their own backward (the fused Mamba mixer)
     use this pair directly; everyone else goes through ``selective_scan``. Arguments are checked there.
+    ``splits``: the caller will run the backward over that many ranges of whole chunks (``chunk_range``).
     """
     from dna_mamba.kernels.selective_scan import triton as kernels
 
     batch, dim, seqlen = u.shape
     groups, dstate = B.shape[1], A.shape[1]
-    cfg = _config(batch, dim, groups, dstate, seqlen, u.device, channel_last=u.stride(1) == 1 and seqlen > 1)
+    cfg = _config(batch, dim, groups, dstate, seqlen, u.device, channel_last=u.stride(1) == 1 and seqlen > 1,
+                  splits=splits)
     dev = u.device
     n_dblk = triton.cdiv(dim // groups, cfg.block_d)
     bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd))
@@ -247,6 +251,13 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
         )
         kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks)](*ptrs, *dims, *strides, LOCAL=False, **meta)
     return y, final, states, cfg
+
+
+def chunk_range(chunk_states: torch.Tensor, cfg: _Config, seqlen: int, c0: int, c1: int):
+    """Chunks c0 .. c1 - 1 of a forward over seqlen steps as a scan of their own, for ``scan_backward`` on steps
+    t0 .. t1 - 1 with the state entering chunk c0 as the initial state: (t0, t1, chunk states, config)."""
+    t0, t1 = c0 * cfg.chunk_len, min(c1 * cfg.chunk_len, seqlen)
+    return t0, t1, chunk_states[:, c0 : c1 + 1].contiguous(), replace(cfg, n_chunks=c1 - c0)
 
 
 def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states, cfg, delta_softplus, dy, dfinal):
