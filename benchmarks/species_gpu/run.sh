@@ -30,7 +30,9 @@ mkdir -p /tmp/logs
 COMMON=(--data-root .gpu_data --init-from dna_mamba/resources/human_model --epochs 1 --lr 1e-3 --pooling mean
         --test-windows-per-class 32 --val-windows-per-class 4 --accelerator gpu --micro-batch-tokens 1048576 --quiet)
 BUDGET=${BUDGET:-560}
+ONLY=${ONLY:-}  # e.g. "bacteria:32k drosophila_chr4:32k": run only these sweeps
 sweep() {  # out dataset_dir dataset context steps batch max_time hard_limit_s title [extra options]
+  if [[ -n "$ONLY" && " $ONLY " != *" $3:$4 "* ]]; then return; fi
   local left=$(( BUDGET - ($(date +%s) - T0) ))
   if (( left < 45 )); then log "skip $3 $4: ${left} s left"; return; fi
   log "$3 context $4: $5 steps of $6 windows, at most $7 of training"
@@ -43,9 +45,10 @@ sweep() {  # out dataset_dir dataset context steps batch max_time hard_limit_s t
 B="bacteria, held-out strains, from the human model"
 D="Drosophila chr4, held-out regions, from the human model"
 sweep /tmp/bact /tmp/ds_b bacteria 1k 400 64 00:00:00:45 110 "$B"
-sweep /tmp/bact /tmp/ds_b bacteria 32k 150 32 00:00:01:15 160 "$B" --kmer-train-windows 512
+sweep /tmp/bact /tmp/ds_b bacteria 32k ${STEPS_32K:-150} 32 ${TIME_32K:-00:00:01:15} 170 "$B" --kmer-train-windows 512
 sweep /tmp/bact /tmp/ds_b bacteria 256k 60 16 00:00:01:40 220 "$B" --kmer-train-windows 256
 sweep /tmp/dros /tmp/ds_d drosophila_chr4 4k 300 64 00:00:01:00 120 "$D" --test-fraction 0.25
-sweep /tmp/dros /tmp/ds_d drosophila_chr4 32k 150 32 00:00:01:00 120 "$D" --test-fraction 0.25 \
+sweep /tmp/dros /tmp/ds_d drosophila_chr4 32k ${STEPS_32K:-150} 32 ${TIME_32K:-00:00:01:00} 170 "$D" \
+  --test-fraction 0.25 \
   --kmer-train-windows 512
 log done

@@ -97,6 +97,11 @@ class _Config:
     prefetch_io: bool = False  # whether they also prefetch the per-channel tiles (u, delta, z, ...)
 
 
+# Channels per program of the chunk combine, a short sequential pass over the chunks: one warp each, so that a
+# narrow layer (d_inner 512: 16 programs) still spreads over some SMs; it was 128 channels (4 programs) before.
+_COMBINE_BLOCK_D = 32
+
+
 def _sm_count(device: torch.device) -> int:
     # The interpreter: 2, a few chunks per sequence, so that tests cross chunk boundaries.
     return cuda_sm_count(device) if device.type == "cuda" else 2
@@ -244,10 +249,11 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
             kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks - 1)](
                 *ptrs, *dims, *strides, LOCAL=True, **meta
             )
-        kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, 128))](
+        kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, _COMBINE_BLOCK_D))](
             a2t, dtsum, hloc, _dummy(initial_state, a2t), states, final, dim, cfg.n_chunks, dstate,
             *_strides(initial_state),
-            HAS_FIRST=initial_state is not None, REVERSE=False, BLOCK_N=cfg.block_n, BLOCK_D=128, num_warps=4,
+            HAS_FIRST=initial_state is not None, REVERSE=False, BLOCK_N=cfg.block_n, BLOCK_D=_COMBINE_BLOCK_D,
+            num_warps=1,
         )
         kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks)](*ptrs, *dims, *strides, LOCAL=False, **meta)
     return y, final, states, cfg
@@ -311,9 +317,10 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
             *common, _dummy(dz, u), beta, dbc, dA, mom, gloc, dtsum, dD, *dims, *in_strides, *_strides(dz),
             HAS_D=D is not None, **meta,
         )
-        kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, 128))](
+        kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, _COMBINE_BLOCK_D))](
             a2t, dtsum, gloc, _dummy(dfinal, a2t), carries, dinit, dim, cfg.n_chunks, dstate, *_strides(dfinal),
-            HAS_FIRST=dfinal is not None, REVERSE=True, BLOCK_N=cfg.block_n, BLOCK_D=128, num_warps=4,
+            HAS_FIRST=dfinal is not None, REVERSE=True, BLOCK_N=cfg.block_n, BLOCK_D=_COMBINE_BLOCK_D,
+            num_warps=1,
         )
         kernels._bwd_reverse_kernel[grid](
             *common, carries, beta, du, ddelta, dbc, dbias, *dims, *in_strides, *du.stride(), *ddelta.stride(),
