@@ -24,7 +24,7 @@ from dna_mamba.lit.checkpoint_io import AtomicCheckpointIO
 from dna_mamba.lit.pretrain import OptimConfig
 from dna_mamba.lit.runner import TrainerConfig, _resolve_resume, load_initial_weights
 from dna_mamba.lit.species import SpeciesDataModule, SpeciesModule, SpeciesTaskConfig
-from dna_mamba.model import DnaMambaConfig
+from dna_mamba.model import DnaMambaConfig, fused_mixer
 from dna_mamba.species.dataset import (
     BalancedWindowDataset,
     EvalWindowDataset,
@@ -106,7 +106,8 @@ def backbone_config(init_from: str | None, model_config: DnaMambaConfig | None) 
 
 
 def apply_memory_settings(module: SpeciesModule, trainer_config: TrainerConfig, seq_len: int) -> None:
-    """Per-block activation checkpointing as configured; segment checkpointing is refused, not ignored.
+    """Per-block activation checkpointing and the backward's piece size as configured; segment checkpointing is
+    refused, not ignored.
 
     The classification loss reads the hidden states of the whole window (the last token, or all of them for
     mean pooling), so the pretraining loss's segment recomputation does not apply.
@@ -117,6 +118,7 @@ def apply_memory_settings(module: SpeciesModule, trainer_config: TrainerConfig, 
             f"{seq_len:,}); use trainer.activation_checkpointing=true or a smaller trainer.micro_batch_tokens"
         )
     module.model.gradient_checkpointing = trainer_config.activation_checkpointing
+    fused_mixer.BACKWARD_PIECE_TOKENS = trainer_config.backward_piece_tokens
 
 
 def _loggers(out_dir: Path) -> list:
