@@ -158,8 +158,8 @@ def test_gpu_out_of_memory_names_the_settings_to_change(capsys):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "Tried to allocate 2.00 GiB" in err and "more detail" not in err
-    for setting in ("trainer.segment_len", "trainer.activation_checkpointing", "trainer.micro_batch_tokens",
-                    "context"):
+    for setting in ("trainer.segment_len", "trainer.activation_checkpointing", "trainer.backward_piece_tokens",
+                    "trainer.micro_batch_tokens", "context"):
         assert setting in err
     with pytest.raises(torch.OutOfMemoryError), report_user_errors(debug=True):
         raise torch.OutOfMemoryError("CUDA out of memory")
