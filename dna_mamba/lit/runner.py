@@ -84,6 +84,43 @@ class TrainerConfig:
                 raise ValueError(f"trainer.{name} must be positive or null, got {value}")
 
 
+def run_loggers(out_dir: Path) -> list:
+    """CSV metrics (what the plots read) and TensorBoard, when it is installed, under out_dir."""
+    loggers = [CSVLogger(out_dir, name="logs", version="")]
+    try:
+        loggers.append(TensorBoardLogger(out_dir, name="tensorboard", version=""))
+    except ModuleNotFoundError:  # tensorboard is optional on machines that only run sweeps
+        pass
+    return loggers
+
+
+def build_trainer(config: TrainerConfig, out_dir: Path, accumulate_grad_batches: int, callbacks: list,
+                  **overrides) -> L.Trainer:
+    """A Lightning Trainer with what every run of ours shares (devices, precision, clipping, logging, atomic
+    checkpoint writes); ``overrides`` are the caller's own Trainer options and win."""
+    options = dict(
+        default_root_dir=out_dir,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        precision=config.precision,
+        max_steps=config.max_steps,
+        max_time=config.max_time,
+        log_every_n_steps=config.log_every_n_steps,
+        gradient_clip_val=config.gradient_clip_val,
+        accumulate_grad_batches=accumulate_grad_batches,
+        num_sanity_val_steps=config.num_sanity_val_steps,
+        fast_dev_run=config.fast_dev_run,
+        enable_progress_bar=config.enable_progress_bar,
+        limit_val_batches=config.limit_val_batches,
+        deterministic=config.deterministic,
+        callbacks=callbacks,
+        logger=run_loggers(out_dir),
+        plugins=[AtomicCheckpointIO()],
+    )
+    return L.Trainer(**(options | overrides))
+
+
 def _resolve_resume(resume: str | None, out_dir: Path) -> str | None:
     if resume in (None, "", "none", "null"):
         return None
@@ -160,29 +197,11 @@ def run_pretraining(
         monitor="val/bits_per_base",
         mode="min",
     )
-    loggers = [CSVLogger(out_dir, name="logs", version=""), TensorBoardLogger(out_dir, name="tensorboard", version="")]
-    trainer = L.Trainer(
-        default_root_dir=out_dir,
-        accelerator=trainer_config.accelerator,
-        devices=trainer_config.devices,
-        strategy=trainer_config.strategy,
-        precision=trainer_config.precision,
-        max_steps=trainer_config.max_steps,
-        max_time=trainer_config.max_time,
-        val_check_interval=trainer_config.val_check_interval,
-        check_val_every_n_epoch=None,
-        log_every_n_steps=trainer_config.log_every_n_steps,
-        gradient_clip_val=trainer_config.gradient_clip_val,
-        accumulate_grad_batches=plan.accumulate_grad_batches,
-        num_sanity_val_steps=trainer_config.num_sanity_val_steps,
-        fast_dev_run=trainer_config.fast_dev_run,
-        enable_progress_bar=trainer_config.enable_progress_bar,
-        limit_val_batches=trainer_config.limit_val_batches,
-        deterministic=trainer_config.deterministic,
+    trainer = build_trainer(
+        trainer_config, out_dir, plan.accumulate_grad_batches,
         callbacks=[checkpoint, EpochSeeder(), ThroughputMonitor(every_n_steps=trainer_config.log_every_n_steps),
                    LearningRateMonitor(logging_interval="step")],
-        logger=loggers,
-        plugins=[AtomicCheckpointIO()],
+        val_check_interval=trainer_config.val_check_interval, check_val_every_n_epoch=None,
     )
     n_params = module.model.num_parameters()
     print(

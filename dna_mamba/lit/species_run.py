@@ -20,9 +20,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dna_mamba.lit.callbacks import EpochSeeder
-from dna_mamba.lit.checkpoint_io import AtomicCheckpointIO
 from dna_mamba.lit.pretrain import OptimConfig
-from dna_mamba.lit.runner import TrainerConfig, _resolve_resume, load_initial_weights
+from dna_mamba.lit.runner import TrainerConfig, _resolve_resume, build_trainer, load_initial_weights
 from dna_mamba.lit.species import SpeciesDataModule, SpeciesModule, SpeciesTaskConfig
 from dna_mamba.model import DnaMambaConfig, fused_mixer
 from dna_mamba.species.dataset import (
@@ -121,17 +120,6 @@ def apply_memory_settings(module: SpeciesModule, trainer_config: TrainerConfig, 
     fused_mixer.BACKWARD_PIECE_TOKENS = trainer_config.backward_piece_tokens
 
 
-def _loggers(out_dir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    loggers = [CSVLogger(out_dir, name="logs", version="")]
-    try:
-        loggers.append(TensorBoardLogger(out_dir, name="tensorboard", version=""))
-    except ModuleNotFoundError:  # tensorboard is optional on machines that only run sweeps
-        pass
-    return loggers
-
-
 def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, trainer_config: TrainerConfig,
                 seq_len: int, *, micro_batch_tokens: int | None = None, optim: OptimConfig | None = None,
                 seed: int = 0, init_from: str | None = None, resume: str | None = None,
@@ -180,28 +168,13 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
     apply_memory_settings(module, trainer_config, seq_len)
 
     has_val = len(datamodule.datasets["val"]) > 0
-    trainer = L.Trainer(
-        default_root_dir=out_dir,
-        accelerator=trainer_config.accelerator,
-        devices=trainer_config.devices,
-        strategy=trainer_config.strategy,
-        precision=trainer_config.precision,
-        max_epochs=task.epochs,
-        max_steps=task.epochs * task.steps_per_epoch,
-        max_time=trainer_config.max_time,
-        limit_val_batches=trainer_config.limit_val_batches if has_val else 0,
-        log_every_n_steps=trainer_config.log_every_n_steps,
-        gradient_clip_val=trainer_config.gradient_clip_val,
-        accumulate_grad_batches=plan.accumulate_grad_batches,
-        num_sanity_val_steps=0,
-        fast_dev_run=trainer_config.fast_dev_run,
-        enable_progress_bar=trainer_config.enable_progress_bar,
-        deterministic=trainer_config.deterministic,
+    trainer = build_trainer(
+        trainer_config, out_dir, plan.accumulate_grad_batches,
         callbacks=[ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:02d}",
                                    auto_insert_metric_name=False, save_last=True, save_top_k=0),
                    EpochSeeder()],
-        logger=_loggers(out_dir),
-        plugins=[AtomicCheckpointIO()],
+        max_epochs=task.epochs, max_steps=task.epochs * task.steps_per_epoch, num_sanity_val_steps=0,
+        limit_val_batches=trainer_config.limit_val_batches if has_val else 0,
     )
     print(f"species: {dataset.num_classes} classes ({', '.join(dataset.classes)}); split {dataset.split['method']}; "
           f"context {seq_len:,}; {module.model.num_parameters() / 1e6:.2f}M-parameter backbone"
