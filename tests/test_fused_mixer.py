@@ -52,6 +52,23 @@ def _inputs(batch, length, d_inner, d_state, dt_rank, d_conv, with_state, with_b
     )
 
 
+def _check_every_gradient(args: dict, seed: int):
+    """mamba_inner against the op-by-op path: the gradient of every tensor input under one random upstream
+    gradient must match. Returns both paths' outputs for the caller's own checks."""
+    fused = mamba_inner(**args)
+    reference = _unfused(**args)
+    g = torch.Generator().manual_seed(seed)
+    upstream = [torch.randn(t.shape, generator=g) for t in reference]
+    names = [k for k, v in args.items() if isinstance(v, torch.Tensor)]
+    leaves = [args[k] for k in names]
+    grads_fused = torch.autograd.grad(fused, leaves, upstream)
+    grads_ref = torch.autograd.grad(reference, leaves, upstream)
+    for name, a, b in zip(names, grads_fused, grads_ref, strict=True):
+        assert a is not None, name
+        torch.testing.assert_close(a, b, rtol=5e-4, atol=5e-5, msg=f"d {name}")
+    return fused, reference
+
+
 @pytest.mark.parametrize(
     "batch, length, d_inner, d_state, with_state, with_bias",
     [(1, 1, 8, 4, False, True), (2, 37, 12, 4, True, True), (1, 70, 24, 8, True, False), (2, 9, 6, 16, False, True)],
@@ -59,19 +76,9 @@ def _inputs(batch, length, d_inner, d_state, dt_rank, d_conv, with_state, with_b
 def test_mamba_inner_matches_unfused_outputs_and_every_gradient(batch, length, d_inner, d_state, with_state,
                                                                  with_bias):
     args = _inputs(batch, length, d_inner, d_state, dt_rank=3, d_conv=4, with_state=with_state, with_bias=with_bias)
-    fused = mamba_inner(**args)
-    reference = _unfused(**args)
-    g = torch.Generator().manual_seed(1)
-    upstream = [torch.randn(t.shape, generator=g) for t in reference]
-    leaves = [v for v in args.values() if isinstance(v, torch.Tensor)]
-    names = [k for k, v in args.items() if isinstance(v, torch.Tensor)]
-    grads_fused = torch.autograd.grad(fused, leaves, upstream)
-    grads_ref = torch.autograd.grad(reference, leaves, upstream)
+    fused, reference = _check_every_gradient(args, seed=1)
     for name, a, b in zip(["y", "conv_final", "ssm_final"], fused, reference, strict=True):
         torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-5, msg=name)
-    for name, a, b in zip(names, grads_fused, grads_ref, strict=True):
-        assert a is not None, name
-        torch.testing.assert_close(a, b, rtol=5e-4, atol=5e-5, msg=f"d {name}")
 
 
 @pytest.mark.parametrize("batch, length, with_state", [(1, 70, True), (2, 37, True), (1, 45, False)])
@@ -80,27 +87,17 @@ def test_backward_in_pieces_matches_unfused(monkeypatch, batch, length, with_sta
     from dna_mamba.model import fused_mixer
 
     calls = []
+    scan_backward = fused_mixer.scan_backward
 
     def counting_backward(*args, **kwargs):
         calls.append(args[0].shape[-1])  # steps of the piece
-        return fused_mixer.scan_backward.__wrapped__(*args, **kwargs)
+        return scan_backward(*args, **kwargs)
 
-    counting_backward.__wrapped__ = fused_mixer.scan_backward
     monkeypatch.setattr(fused_mixer, "scan_backward", counting_backward)
     monkeypatch.setattr(fused_mixer, "BACKWARD_PIECE_TOKENS", 16)
     args = _inputs(batch, length, 12, 4, dt_rank=3, d_conv=4, with_state=with_state, with_bias=True, seed=5)
-    fused = mamba_inner(**args)
-    reference = _unfused(**args)
-    g = torch.Generator().manual_seed(2)
-    upstream = [torch.randn(t.shape, generator=g) for t in reference]
-    leaves = [v for v in args.values() if isinstance(v, torch.Tensor)]
-    names = [k for k, v in args.items() if isinstance(v, torch.Tensor)]
-    grads_fused = torch.autograd.grad(fused, leaves, upstream)
-    grads_ref = torch.autograd.grad(reference, leaves, upstream)
+    _check_every_gradient(args, seed=2)
     assert len(calls) >= 3 and sum(calls) == length, calls  # several pieces, covering the sequence once
-    for name, a, b in zip(names, grads_fused, grads_ref, strict=True):
-        assert a is not None, name
-        torch.testing.assert_close(a, b, rtol=5e-4, atol=5e-5, msg=f"d {name}")
 
 
 def test_mamba_inner_saves_no_per_position_activation_but_xz():
