@@ -129,9 +129,10 @@ def sass_counts(dstate: int = 16) -> None:
     cfg = _config(1, 1536, 1, dstate, 1 << 20, torch.device("cuda"), sms=132)
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     io = ("u", "delta", "z", "y", "dy", "du", "ddelta", "dz")
-    base = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_N=cfg.block_n, PREFETCH=1, PREFETCH_IO=True)
+    base = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_N=cfg.block_n, PREFETCH=1, PREFETCH_IO=True,
+                FAST_MATH=cfg.fast_math, CHANNEL_LAST=True)
     fwd = dict(base, BLOCK_D=cfg.block_d, T_TILE=cfg.t_tile)
-    bwd = dict(base, BLOCK_D=cfg.block_d_bwd, T_TILE=cfg.t_tile_bwd)
+    bwd = dict(base, BLOCK_D=cfg.block_d_bwd, T_TILE=cfg.t_tile_bwd, LANE_SUMS=cfg.lane_sums, FAST_MATH=False)
     fwd_opts = {"num_warps": cfg.block_d // 32} | ({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})
     bwd_opts = {"num_warps": cfg.block_d_bwd // 32}
     jobs = [

@@ -95,6 +95,8 @@ class _Config:
     n_chunks: int
     prefetch: int = 0  # tiles ahead that the time loops prefetch B/C (and the tiles below); 0: none
     prefetch_io: bool = False  # whether they also prefetch the per-channel tiles (u, delta, z, ...)
+    lane_sums: bool = False  # the backward sums dB/dC over a warp's channels by reduce-scatter (triton._lane_sum_ptx)
+    fast_math: bool = False  # the forward's softplus and sigmoid through the GPU's approximate lg2 / rcp
 
 
 # Channels per program of the chunk combine, a short sequential pass over the chunks: one warp each, so that a
@@ -109,7 +111,7 @@ def _sm_count(device: torch.device) -> int:
 
 # Overrides of _config's choices, for benchmarks/bench_scan.py --variants and tests only (keys: block_d,
 # block_d_bwd, t_tile, t_tile_bwd, maxnreg, maxnreg_bwd, programs_per_sm, chunk_len (a multiple of the tiles),
-# prefetch (tiles ahead; 0 turns the prefetch off)).
+# prefetch (tiles ahead; 0 turns the prefetch off), lane_sums and fast_math (0 or 1)).
 _TUNING: dict[str, int] = {}
 
 
@@ -158,9 +160,13 @@ def _config(
     # The next tile's B/C rows (and, channel-last, its per-channel tiles: see triton._prefetch) are prefetched into
     # L1 on a GPU: S0 forward 43.0 -> 39.1 ms and backward 90.1 -> 80.9 at the tiles of that time.
     prefetch = _TUNING.get("prefetch", 1) if device.type == "cuda" else 0  # inline PTX: not in the interpreter
+    # The reduce-scatter is inline PTX (a GPU) over one warp that holds the block's 32 channels, one per lane;
+    # below 8 states it would shuffle more than tl.sum does.
+    lane_sums = device.type == "cuda" and block_d_bwd == 32 and block_n >= 8
+    lane_sums = bool(_TUNING.get("lane_sums", lane_sums))
     return _Config(
         block_d, block_d_bwd, block_n, t_tile, t_tile_bwd, maxnreg, chunk_len, triton.cdiv(seqlen, chunk_len),
-        prefetch, channel_last and prefetch > 0,
+        prefetch, channel_last and prefetch > 0, lane_sums, bool(_TUNING.get("fast_math", device.type == "cuda")),
     )
 
 
@@ -198,6 +204,11 @@ def _a2t(A: torch.Tensor, block_n: int) -> torch.Tensor:
     return a2t
 
 
+def _channel_last(*tensors: torch.Tensor | None) -> bool:
+    """Whether every given (batch, dim, L) tensor has a unit channel stride (the kernels' CHANNEL_LAST form)."""
+    return all(t is None or t.shape[1] == 1 or t.stride(1) == 1 for t in tensors)
+
+
 def _strides(t: torch.Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else tuple(t.stride())
 
@@ -233,12 +244,13 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
     hloc = _new(*states.shape, device=dev)
     dtsum = _new(batch, cfg.n_chunks + 1, dim, device=dev)
 
-    dims = (dim, dstate, seqlen, cfg.chunk_len, cfg.n_chunks, groups, dim // groups, n_dblk, bc.shape[2], 1)
+    dims = (dim, dstate, seqlen, cfg.chunk_len, cfg.n_chunks, groups, dim // groups, n_dblk, bc.shape[2], 0)
     strides = (*u.stride(), *delta.stride(), *_strides(z), *y.stride())
     meta = dict(
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, T_TILE=cfg.t_tile, num_warps=max(1, cfg.block_d // 32),
-        PREFETCH=cfg.prefetch, PREFETCH_IO=cfg.prefetch_io,
+        PREFETCH=cfg.prefetch, PREFETCH_IO=cfg.prefetch_io, FAST_MATH=cfg.fast_math,
+        CHANNEL_LAST=_channel_last(u, delta, z, y),
     )
     if cfg.maxnreg is not None:
         meta["maxnreg"] = cfg.maxnreg
@@ -286,27 +298,32 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
     a2t = _a2t(A, cfg.block_n)
     Df = None if D is None else D.float().contiguous()
     biasf = None if delta_bias is None else delta_bias.float().contiguous()
+    du = _empty_like_layout(u)
+    ddelta = _empty_like_layout(delta)
+    dz = None if z is None else _empty_like_layout(z)
+    beta = _new(batch, seqlen, dim, device=dev).transpose(1, 2)  # read in (step, channel) rows
     meta = dict(
         HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         BLOCK_D=cfg.block_d_bwd, BLOCK_N=cfg.block_n, T_TILE=cfg.t_tile_bwd,
         num_warps=max(1, cfg.block_d_bwd // 32), PREFETCH=cfg.prefetch, PREFETCH_IO=cfg.prefetch_io,
+        # The approximate softplus / sigmoid speed up the forward (S0 27.6 -> 24.9 ms) but slowed the backward
+        # (62.7 -> 67.8 ms, H100), so the backward keeps the precise ones.
+        FAST_MATH=False, CHANNEL_LAST=_channel_last(u, delta, z, dy, du, ddelta, dz, beta),
     )
+    # The reduce-scatter needs one channel per lane, which the channel-last form of the addresses guarantees.
+    meta["LANE_SUMS"] = cfg.lane_sums and meta["CHANNEL_LAST"]
     if "maxnreg_bwd" in _TUNING:
         meta["maxnreg"] = _TUNING["maxnreg_bwd"]
     gloc = _new(*states.shape, device=dev)
     carries = _new(*states.shape, device=dev)
     dtsum = _new(batch, cfg.n_chunks + 1, dim, device=dev)
     dinit = _new(batch, dim, dstate, device=dev)
-    beta = _new(batch, seqlen, dim, device=dev).transpose(1, 2)  # read in (step, channel) rows
-    du = _empty_like_layout(u)
-    ddelta = _empty_like_layout(delta)
-    dz = None if z is None else _empty_like_layout(z)
     dbc = _new(batch, groups, n_dblk, bc_len, 2, cfg.block_n, device=dev)
     dA = _new(*states.shape, device=dev)
     mom = _new(*states.shape, device=dev)
     dD = _new(batch, cfg.n_chunks + 1, dim, device=dev)
     dbias = _new(batch, cfg.n_chunks + 1, dim, device=dev)
-    dims = (dim, seqlen, cfg.chunk_len, cfg.n_chunks, groups, dim_per_group, n_dblk, bc_len, 1)
+    dims = (dim, seqlen, cfg.chunk_len, cfg.n_chunks, groups, dim_per_group, n_dblk, bc_len, 0)
     grid = (batch * groups * n_dblk, cfg.n_chunks)
     zz = _dummy(z, u)
     in_strides = (*u.stride(), *delta.stride(), *_strides(z), *dy.stride(), *beta.stride())

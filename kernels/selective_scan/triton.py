@@ -4,7 +4,8 @@ Layout inside a program: the state is an (N, BLOCK_D) fp32 register tile, one ch
 states of that channel in the thread, so sums over N (y, and most of the gradients) are in-thread arithmetic.
 Time is walked sequentially; u, delta, z and the gradients are read and written in (T_TILE, BLOCK_D) tiles
 whose time axis is in-thread, and the steps of a tile are unrolled, so picking step j of a tile is a register
-move. Only dB and dC sum over channels, across threads (tl.sum: warp shuffles, then shared memory).
+move. Only dB and dC sum over channels, across threads: on a GPU a warp reduce-scatter in inline PTX
+(_lane_sum_ptx), else tl.sum. The layout note below says how the code makes Triton keep to this layout.
 
 The sequence is cut into chunks so that programs = batch x channel blocks x chunks can fill the GPU:
     forward:  1. _fwd_kernel(LOCAL)      each chunk from a zero state -> chunk-end state and sum of dt
@@ -31,30 +32,160 @@ import triton
 import triton.language as tl
 
 LN2 = tl.constexpr(0.6931471805599453)
+LOG2E = tl.constexpr(1.4426950408889634)
 
-# Channel strides are never specialised on 1: a unit channel stride (the model's channel-last layout) would make
-# Triton vectorise tile loads along channels and spread time across threads, so that every step would pay for
-# shuffles. A unit time stride stays specialised: then each thread loads its channel's T steps as one vector.
-# For the same reason the internal (N, dim) buffers are addressed through chan_stride (always 1) left
-# unspecialised: with a known unit stride Triton may vectorise those loads and lay the state out with several
-# channels per thread and the N states across lanes, so that the sums over N would cost shuffles.
-_FWD_STRIDES = ["chan_stride", "s_ud", "s_dd", "s_zd", "s_yd"]
-_BWD_STRIDES = ["chan_stride", "s_ud", "s_dd", "s_zd", "s_gd", "s_pd", "s_od", "s_qd"]
+# Layout. Each thread should hold whole channels: a channel's N states (so that the sums over N are in-thread
+# arithmetic) and its T_TILE steps. Triton picks the register layout from the loads' address patterns: along
+# the dimension it knows to be contiguous, vectorised as far as the known alignment allows. So
+#  - channel offsets are written d + zero, with `zero` an unspecialised 0: the compiler knows consecutive
+#    channels are adjacent (so lanes go along channels) but not how they are aligned (so no thread gets several
+#    channels). Left unknown (d * stride), Triton 3.6 put 2 lanes on each channel's states, 8 states per thread,
+#    and the sums over N shuffled (Triton 3.9 happened to pick the intended layout);
+#  - a unit channel stride of the per-channel tensors (the model's channel-last layout) is never specialised
+#    (do_not_specialize, and CHANNEL_LAST uses the d + zero form); a unit time stride is, so that a thread loads
+#    its channel's steps as one vector.
+_FWD_STRIDES = ["zero", "s_ud", "s_dd", "s_zd", "s_yd"]
+_BWD_STRIDES = ["zero", "s_ud", "s_dd", "s_zd", "s_gd", "s_pd", "s_od", "s_qd"]
 
 
 @triton.jit
-def _softplus(x):
-    # softplus(x) = log1p(exp(x)), with log1p(e) = log(w) * e / (w - 1), w = 1 + e, exact where 1 + e rounds.
-    e = tl.exp(tl.minimum(x, 20.0))
-    w = 1.0 + e
-    log1p = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+def _chan(d, zero, stride, CHANNEL_LAST: tl.constexpr):
+    """Channel offsets of a per-channel tensor (see the layout note above)."""
+    if CHANNEL_LAST:
+        return d + zero
+    else:
+        return d * stride
+
+
+@triton.jit
+def _ptx_lg2(x):
+    return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _ptx_rcp(x):
+    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _softplus(x, FAST_MATH: tl.constexpr):
+    """softplus(x) = log1p(exp(x)), accurate to a few fp32 ulps.
+
+    FAST_MATH (a GPU): the hardware's approximate log2, whose absolute error (about 2^-22) would be a large
+    relative error of a small log1p, so below e = 1/16 a 5-term series is used (truncation < e^5 / 6 < 2e-7
+    relative). About 15 instructions; tl.log and an IEEE division took about 35, paid per (step, channel) in each
+    pass, about 1.4 instructions per (l, d, n) at N 16. Otherwise: log1p(e) = log(w) * e / (w - 1), w = 1 + e,
+    exact where 1 + e rounds.
+    """
+    if FAST_MATH:
+        e = tl.exp2(tl.minimum(x, 20.0) * LOG2E)
+        series = e * (1.0 + e * (-0.5 + e * (0.3333333333333333 + e * (-0.25 + e * 0.2))))
+        log1p = tl.where(e < 0.0625, series, _ptx_lg2(1.0 + e) * LN2)
+    else:
+        e = tl.exp(tl.minimum(x, 20.0))
+        w = 1.0 + e
+        log1p = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
     return tl.where(x > 20.0, x, log1p)
 
 
 @triton.jit
+def _sigmoid(x, FAST_MATH: tl.constexpr):
+    """FAST_MATH (a GPU): 1 / (1 + 2^(-x log2 e)) with the approximate exp2 and reciprocal, 4 instructions where
+    tl.sigmoid takes 12 (exp with its denormal handling, an IEEE division)."""
+    if FAST_MATH:
+        return _ptx_rcp(1.0 + tl.exp2(x * -LOG2E))
+    else:
+        return tl.sigmoid(x)
+
+
+@triton.jit
 def _row(tile, steps, j):
-    """Step j (a constexpr) of a (T, BLOCK_D) tile; the time axis is in-thread, so this is a register pick."""
-    return tl.sum(tl.where(steps[:, None] == j, tile, 0.0), axis=0)
+    """Step j (a constexpr) of a (T, BLOCK_D) tile; the time axis is in-thread, so this is a register pick.
+
+    The other steps are replaced by -0.0, not 0.0: x + (-0.0) == x for every x, so the compiler folds the sum
+    away; x + 0.0 is not x when x is -0.0, and costs an add per pick.
+    """
+    return tl.sum(tl.where(steps[:, None] == j, tile, -0.0), axis=0)
+
+
+def _lane_sum_ptx(k: int) -> str:
+    """PTX that sums k values per thread (k a power of two, at most 32) over the 32 lanes of a warp, lane i
+    ending with the sum of value i % k: a reduce-scatter.
+
+    Each butterfly round pairs the values up; a lane keeps one of each pair and sends the other to its partner,
+    so a round moves half the data of the one before: k - 1 shuffles for k values while more than one is left,
+    then plain butterflies. tl.sum over the lanes shuffles every value 5 times; shuffles issue at a quarter of
+    the rate of arithmetic, and the backward kernels' dB/dC sums were 10 of their 65 instructions per (l, d, n).
+    """
+    body = ["mov.u32 lane, %laneid;"]
+    values = [f"${i + 1}" for i in range(k)]
+    regs = 0
+    for r in range(5):
+        mask = 1 << r
+        if len(values) > 1:
+            # A lane whose bit r is set keeps the odd member of each pair: after all rounds, value index = lane % k.
+            body += [f"and.b32 bit, lane, {mask};", "setp.ne.b32 odd, bit, 0;"]
+            kept = []
+            for lo, hi in zip(values[0::2], values[1::2], strict=True):
+                send, keep, recv, total = (f"t{regs + i}" for i in range(4))
+                regs += 4
+                body += [
+                    f"selp.f32 {send}, {lo}, {hi}, odd;",
+                    f"selp.f32 {keep}, {hi}, {lo}, odd;",
+                    f"shfl.sync.bfly.b32 {recv}, {send}, {mask}, 31, 0xffffffff;",
+                    f"add.rn.f32 {total}, {keep}, {recv};",
+                ]
+                kept.append(total)
+            values = kept
+        else:
+            recv, total = f"t{regs}", f"t{regs + 1}"
+            regs += 2
+            body += [f"shfl.sync.bfly.b32 {recv}, {values[0]}, {mask}, 31, 0xffffffff;",
+                     f"add.rn.f32 {total}, {values[0]}, {recv};"]
+            values = [total]
+    body.append(f"mov.b32 $0, {values[0]};")
+    head = ["{", ".reg .pred odd;", ".reg .b32 lane, bit;", f".reg .f32 t<{regs}>;"]
+    return "\n".join(head + body + ["}"])
+
+
+_LANE_SUM16 = tl.constexpr(_lane_sum_ptx(16))
+_LANE_SUM16_ARGS = tl.constexpr("=f" + ",f" * 16)
+
+
+@triton.jit
+def _laneid(like):
+    """The lane of each thread, shaped like the int tensor `like` (one element per thread)."""
+    return tl.inline_asm_elementwise("mov.u32 $0, %laneid;", "=r,r", [like], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _pick(tile, n, k):
+    """Row k (a constexpr) of an (N, BLOCK_D) tile whose N axis is in-thread: a register pick; -0.0 past N."""
+    return tl.sum(tl.where(n[:, None] == k, tile, -0.0), axis=0)
+
+
+@triton.jit
+def _store_channel_sums(ptrs, tile, n, lane, BLOCK_N: tl.constexpr, LANE_SUMS: tl.constexpr):
+    """Store tile (BLOCK_N, BLOCK_D) summed over its channels at ptrs[n], in a fixed order (bit-reproducible).
+
+    LANE_SUMS (a GPU, and one warp holding the block's 32 channels, one per lane): the reduce-scatter of
+    _lane_sum_ptx, 16 rows at a time, lane i storing row i. Otherwise tl.sum.
+    """
+    if LANE_SUMS:
+        for base in tl.static_range(0, BLOCK_N, 16):
+            total = tl.inline_asm_elementwise(
+                _LANE_SUM16, _LANE_SUM16_ARGS,
+                [_pick(tile, n, base + 0), _pick(tile, n, base + 1), _pick(tile, n, base + 2),
+                 _pick(tile, n, base + 3), _pick(tile, n, base + 4), _pick(tile, n, base + 5),
+                 _pick(tile, n, base + 6), _pick(tile, n, base + 7), _pick(tile, n, base + 8),
+                 _pick(tile, n, base + 9), _pick(tile, n, base + 10), _pick(tile, n, base + 11),
+                 _pick(tile, n, base + 12), _pick(tile, n, base + 13), _pick(tile, n, base + 14),
+                 _pick(tile, n, base + 15)],
+                dtype=tl.float32, is_pure=True, pack=1,
+            )
+            tl.store(ptrs + base + lane, total, mask=(lane < 16) & (base + lane < BLOCK_N))
+    else:
+        tl.store(ptrs + n, tl.sum(tile, axis=1))
 
 
 @triton.jit
@@ -120,24 +251,24 @@ def _program_channels(pid, n_dblk, groups, dim_per_group, BLOCK_D: tl.constexpr)
 
 
 @triton.jit
-def _load_dt(delta_ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+def _load_dt(delta_ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr):
     """dt tile (T, BLOCK_D) in fp32 and its pre-activation; masked steps get dt = 0 (an identity step)."""
     pre = tl.load(delta_ptrs, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         pre = pre + bias[None, :]
     dt = pre
     if SOFTPLUS:
-        dt = _softplus(pre)
+        dt = _softplus(pre, FAST_MATH)
     return tl.where(mask, dt, 0.0), pre
 
 
 @triton.jit
-def _load_dyp(dy_ptrs, z_ptrs, mask, HAS_Z: tl.constexpr):
+def _load_dyp(dy_ptrs, z_ptrs, mask, HAS_Z: tl.constexpr, FAST_MATH: tl.constexpr):
     """Upstream gradient of the pre-gate output, dy * silu(z), and the z tile and sigmoid(z) for dz."""
     dy = tl.load(dy_ptrs, mask=mask, other=0.0).to(tl.float32)
     if HAS_Z:
         z = tl.load(z_ptrs, mask=mask, other=0.0).to(tl.float32)
-        sig_z = tl.sigmoid(z)
+        sig_z = _sigmoid(z, FAST_MATH)
         return dy * z * sig_z, dy, z, sig_z
     return dy, dy, dy, dy
 
@@ -151,13 +282,14 @@ def _fwd_kernel(
     dtsum_ptr,  # (batch, chunks + 1, dim): sum of dt over the chunk (LOCAL)
     final_ptr,  # (batch, dim, N) fp32: state after the last step (OUTPUT)
     # dims
-    dim, dstate, seqlen, chunk_len, n_chunks, groups, dim_per_group, n_dblk, bc_len, chan_stride,
+    dim, dstate, seqlen, chunk_len, n_chunks, groups, dim_per_group, n_dblk, bc_len, zero,
     # strides
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_yb, s_yd, s_yl,
     # meta
     LOCAL: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T_TILE: tl.constexpr,
-    PREFETCH: tl.constexpr, PREFETCH_IO: tl.constexpr,
+    PREFETCH: tl.constexpr, PREFETCH_IO: tl.constexpr, FAST_MATH: tl.constexpr,
+    CHANNEL_LAST: tl.constexpr,
 ):
     b, g, dblk, d, d_mask = _program_channels(tl.program_id(0), n_dblk, groups, dim_per_group, BLOCK_D)
     c = tl.program_id(1).to(tl.int64)
@@ -165,7 +297,7 @@ def _fwd_kernel(
     steps = tl.arange(0, T_TILE)
     nd_mask = d_mask[None, :]
     # A arrives scaled by log2(e) and transposed to (BLOCK_N, dim), zero past N: exp(dt A) = exp2(dt A2).
-    dc = d * chan_stride
+    dc = d + zero  # internal (N, dim) buffers: see the layout note
     A2 = tl.load(A2T_ptr + n[:, None] * dim + dc[None, :], mask=nd_mask, other=0.0)  # (BLOCK_N, BLOCK_D)
     bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0) if HAS_BIAS else None
     Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0) if HAS_D else None
@@ -180,15 +312,15 @@ def _fwd_kernel(
     t_start = c * chunk_len
     t_end = tl.minimum(t_start + chunk_len, seqlen)
     t = t_start + steps
-    u_ptrs = u_ptr + b * s_ub + t[:, None] * s_ul + d[None, :] * s_ud
-    delta_ptrs = delta_ptr + b * s_db + t[:, None] * s_dl + d[None, :] * s_dd
-    z_ptrs = z_ptr + b * s_zb + t[:, None] * s_zl + d[None, :] * s_zd
-    y_ptrs = y_ptr + b * s_yb + t[:, None] * s_yl + d[None, :] * s_yd
+    u_ptrs = u_ptr + b * s_ub + t[:, None] * s_ul + _chan(d, zero, s_ud, CHANNEL_LAST)[None, :]
+    delta_ptrs = delta_ptr + b * s_db + t[:, None] * s_dl + _chan(d, zero, s_dd, CHANNEL_LAST)[None, :]
+    z_ptrs = z_ptr + b * s_zb + t[:, None] * s_zl + _chan(d, zero, s_zd, CHANNEL_LAST)[None, :]
+    y_ptrs = y_ptr + b * s_yb + t[:, None] * s_yl + _chan(d, zero, s_yd, CHANNEL_LAST)[None, :]
     # For the prefetch: one step of the tile per thread (see _prefetch_tile).
     lane_step = tl.arange(0, BLOCK_D) % T_TILE
-    u_row = u_ptr + b * s_ub + lane_step * s_ul + d * s_ud
-    delta_row = delta_ptr + b * s_db + lane_step * s_dl + d * s_dd
-    z_row = z_ptr + b * s_zb + lane_step * s_zl + d * s_zd
+    u_row = u_ptr + b * s_ub + lane_step * s_ul + _chan(d, zero, s_ud, CHANNEL_LAST)
+    delta_row = delta_ptr + b * s_db + lane_step * s_dl + _chan(d, zero, s_dd, CHANNEL_LAST)
+    z_row = z_ptr + b * s_zb + lane_step * s_zl + _chan(d, zero, s_zd, CHANNEL_LAST)
     # B and C arrive packed as (batch, groups, bc_len, 2, BLOCK_N) fp32, zero-padded past L and N.
     bc_ptrs = bc_ptr + ((b * groups + g) * bc_len + t_start) * (2 * BLOCK_N) + n
 
@@ -203,7 +335,7 @@ def _fwd_kernel(
                     _prefetch_tile(z_row, lane_step, t_next, s_zl, t_start, t_end, d_mask)
             _prefetch_bc(bc_ptr, b * groups + g, bc_len, t_next, t_start, t_end, BLOCK_D, BLOCK_N, T_TILE)
         u = tl.load(u_ptrs, mask=mask, other=0.0).to(tl.float32)
-        dt, _ = _load_dt(delta_ptrs, mask, bias, HAS_BIAS, SOFTPLUS)
+        dt, _ = _load_dt(delta_ptrs, mask, bias, HAS_BIAS, SOFTPLUS, FAST_MATH)
         dtu = dt * u
         if LOCAL:
             dtsum += tl.sum(dt, axis=0)
@@ -220,7 +352,7 @@ def _fwd_kernel(
                 y += Dv[None, :] * u
             if HAS_Z:
                 z = tl.load(z_ptrs, mask=mask, other=0.0).to(tl.float32)
-                y *= z * tl.sigmoid(z)
+                y *= z * _sigmoid(z, FAST_MATH)
             tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
         u_ptrs += T_TILE * s_ul
         delta_ptrs += T_TILE * s_dl
@@ -290,20 +422,21 @@ def _bwd_forward_kernel(
     dtsum_ptr,  # (batch, chunks + 1, dim): sum of dt over the chunk
     dD_ptr,  # (batch, chunks + 1, dim)
     # dims
-    dim, seqlen, chunk_len, n_chunks, groups, dim_per_group, n_dblk, bc_len, chan_stride,
+    dim, seqlen, chunk_len, n_chunks, groups, dim_per_group, n_dblk, bc_len, zero,
     # strides of u, delta, z, dy, beta, dz
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, s_pb, s_pd, s_pl, s_ob, s_od, s_ol,
     # meta
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T_TILE: tl.constexpr, PREFETCH: tl.constexpr,
-    PREFETCH_IO: tl.constexpr,
+    PREFETCH_IO: tl.constexpr, LANE_SUMS: tl.constexpr, FAST_MATH: tl.constexpr, CHANNEL_LAST: tl.constexpr,
 ):
     b, g, dblk, d, d_mask = _program_channels(tl.program_id(0), n_dblk, groups, dim_per_group, BLOCK_D)
     c = tl.program_id(1).to(tl.int64)
     n = tl.arange(0, BLOCK_N)
     steps = tl.arange(0, T_TILE)
     nd_mask = d_mask[None, :]
-    dc = d * chan_stride
+    lane = _laneid(d.to(tl.int32)) if LANE_SUMS else None
+    dc = d + zero  # internal (N, dim) buffers: see the layout note
     A2 = tl.load(A2T_ptr + n[:, None] * dim + dc[None, :], mask=nd_mask, other=0.0)
     bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0) if HAS_BIAS else None
     Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0) if HAS_D else None
@@ -321,18 +454,18 @@ def _bwd_forward_kernel(
     t_start = c * chunk_len
     t_end = tl.minimum(t_start + chunk_len, seqlen)
     t = t_start + steps
-    u_ptrs = u_ptr + b * s_ub + t[:, None] * s_ul + d[None, :] * s_ud
-    delta_ptrs = delta_ptr + b * s_db + t[:, None] * s_dl + d[None, :] * s_dd
-    z_ptrs = z_ptr + b * s_zb + t[:, None] * s_zl + d[None, :] * s_zd
-    dy_ptrs = dy_ptr + b * s_gb + t[:, None] * s_gl + d[None, :] * s_gd
-    dz_ptrs = dz_ptr + b * s_ob + t[:, None] * s_ol + d[None, :] * s_od
-    beta_ptrs = beta_ptr + b * s_pb + t[:, None] * s_pl + d[None, :] * s_pd
+    u_ptrs = u_ptr + b * s_ub + t[:, None] * s_ul + _chan(d, zero, s_ud, CHANNEL_LAST)[None, :]
+    delta_ptrs = delta_ptr + b * s_db + t[:, None] * s_dl + _chan(d, zero, s_dd, CHANNEL_LAST)[None, :]
+    z_ptrs = z_ptr + b * s_zb + t[:, None] * s_zl + _chan(d, zero, s_zd, CHANNEL_LAST)[None, :]
+    dy_ptrs = dy_ptr + b * s_gb + t[:, None] * s_gl + _chan(d, zero, s_gd, CHANNEL_LAST)[None, :]
+    dz_ptrs = dz_ptr + b * s_ob + t[:, None] * s_ol + _chan(d, zero, s_od, CHANNEL_LAST)[None, :]
+    beta_ptrs = beta_ptr + b * s_pb + t[:, None] * s_pl + _chan(d, zero, s_pd, CHANNEL_LAST)[None, :]
     bc_ptrs = bc_ptr + ((b * groups + g) * bc_len + t_start) * (2 * BLOCK_N) + n
     lane_step = tl.arange(0, BLOCK_D) % T_TILE  # for the prefetch (see _prefetch_tile)
-    u_row = u_ptr + b * s_ub + lane_step * s_ul + d * s_ud
-    delta_row = delta_ptr + b * s_db + lane_step * s_dl + d * s_dd
-    z_row = z_ptr + b * s_zb + lane_step * s_zl + d * s_zd
-    dy_row = dy_ptr + b * s_gb + lane_step * s_gl + d * s_gd
+    u_row = u_ptr + b * s_ub + lane_step * s_ul + _chan(d, zero, s_ud, CHANNEL_LAST)
+    delta_row = delta_ptr + b * s_db + lane_step * s_dl + _chan(d, zero, s_dd, CHANNEL_LAST)
+    z_row = z_ptr + b * s_zb + lane_step * s_zl + _chan(d, zero, s_zd, CHANNEL_LAST)
+    dy_row = dy_ptr + b * s_gb + lane_step * s_gl + _chan(d, zero, s_gd, CHANNEL_LAST)
     dbc_row = dbc_ptr + (((b * groups + g) * n_dblk + dblk) * bc_len + t_start) * (2 * BLOCK_N)
 
     for t0 in range(t_start, t_end, T_TILE):
@@ -347,10 +480,10 @@ def _bwd_forward_kernel(
                     _prefetch_tile(z_row, lane_step, t_next, s_zl, t_start, t_end, d_mask)
             _prefetch_bc(bc_ptr, b * groups + g, bc_len, t_next, t_start, t_end, BLOCK_D, BLOCK_N, T_TILE)
         u = tl.load(u_ptrs, mask=mask, other=0.0).to(tl.float32)
-        dt, _ = _load_dt(delta_ptrs, mask, bias, HAS_BIAS, SOFTPLUS)
+        dt, _ = _load_dt(delta_ptrs, mask, bias, HAS_BIAS, SOFTPLUS, FAST_MATH)
         dtsum += tl.sum(dt, axis=0)
         dtu = dt * u
-        dyp, dy, z, sig_z = _load_dyp(dy_ptrs, z_ptrs, mask, HAS_Z)
+        dyp, dy, z, sig_z = _load_dyp(dy_ptrs, z_ptrs, mask, HAS_Z, FAST_MATH)
         y_pre = tl.zeros((T_TILE, BLOCK_D), tl.float32)
         beta = tl.zeros((T_TILE, BLOCK_D), tl.float32)
         for j in tl.static_range(T_TILE):
@@ -369,8 +502,8 @@ def _bwd_forward_kernel(
             if HAS_Z:
                 y_pre = _put_row(y_pre, steps, j, tl.sum(hC, axis=0))
             beta = _put_row(beta, steps, j, tl.sum(hC * A2, axis=0) * _row(dyp, steps, j))
-            # dC of this step, summed over the block's channels in a fixed order (bit-reproducible).
-            tl.store(dbc_row + j * (2 * BLOCK_N) + BLOCK_N + n, tl.sum(h * dyp_j, axis=1))
+            # dC of this step, summed over the block's channels.
+            _store_channel_sums(dbc_row + j * (2 * BLOCK_N) + BLOCK_N, h * dyp_j, n, lane, BLOCK_N, LANE_SUMS)
         tl.store(beta_ptrs, beta, mask=mask)
         if HAS_D:
             dD += tl.sum(dyp * u, axis=0)
@@ -408,21 +541,22 @@ def _bwd_reverse_kernel(
     dbc_ptr,  # as in _bwd_forward_kernel; this pass writes dB
     dbias_ptr,  # (batch, chunks + 1, dim)
     # dims
-    dim, seqlen, chunk_len, n_chunks, groups, dim_per_group, n_dblk, bc_len, chan_stride,
+    dim, seqlen, chunk_len, n_chunks, groups, dim_per_group, n_dblk, bc_len, zero,
     # strides of u, delta, z, dy, beta, du, ddelta
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, s_pb, s_pd, s_pl, s_ob, s_od, s_ol,
     s_qb, s_qd, s_ql,
     # meta
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T_TILE: tl.constexpr, PREFETCH: tl.constexpr,
-    PREFETCH_IO: tl.constexpr,
+    PREFETCH_IO: tl.constexpr, LANE_SUMS: tl.constexpr, FAST_MATH: tl.constexpr, CHANNEL_LAST: tl.constexpr,
 ):
     b, g, dblk, d, d_mask = _program_channels(tl.program_id(0), n_dblk, groups, dim_per_group, BLOCK_D)
     c = tl.program_id(1).to(tl.int64)
     n = tl.arange(0, BLOCK_N)
     steps = tl.arange(0, T_TILE)
     nd_mask = d_mask[None, :]
-    dc = d * chan_stride
+    lane = _laneid(d.to(tl.int32)) if LANE_SUMS else None
+    dc = d + zero  # internal (N, dim) buffers: see the layout note
     A2 = tl.load(A2T_ptr + n[:, None] * dim + dc[None, :], mask=nd_mask, other=0.0)
     bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0) if HAS_BIAS else None
     Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0) if HAS_D else None
@@ -437,20 +571,20 @@ def _bwd_reverse_kernel(
     n_tiles = tl.cdiv(t_end - t_start, T_TILE)
     t_last = t_start + (n_tiles - 1) * T_TILE
     t = t_last + steps
-    u_ptrs = u_ptr + b * s_ub + t[:, None] * s_ul + d[None, :] * s_ud
-    delta_ptrs = delta_ptr + b * s_db + t[:, None] * s_dl + d[None, :] * s_dd
-    z_ptrs = z_ptr + b * s_zb + t[:, None] * s_zl + d[None, :] * s_zd
-    dy_ptrs = dy_ptr + b * s_gb + t[:, None] * s_gl + d[None, :] * s_gd
-    beta_ptrs = beta_ptr + b * s_pb + t[:, None] * s_pl + d[None, :] * s_pd
-    du_ptrs = du_ptr + b * s_ob + t[:, None] * s_ol + d[None, :] * s_od
-    ddelta_ptrs = ddelta_ptr + b * s_qb + t[:, None] * s_ql + d[None, :] * s_qd
+    u_ptrs = u_ptr + b * s_ub + t[:, None] * s_ul + _chan(d, zero, s_ud, CHANNEL_LAST)[None, :]
+    delta_ptrs = delta_ptr + b * s_db + t[:, None] * s_dl + _chan(d, zero, s_dd, CHANNEL_LAST)[None, :]
+    z_ptrs = z_ptr + b * s_zb + t[:, None] * s_zl + _chan(d, zero, s_zd, CHANNEL_LAST)[None, :]
+    dy_ptrs = dy_ptr + b * s_gb + t[:, None] * s_gl + _chan(d, zero, s_gd, CHANNEL_LAST)[None, :]
+    beta_ptrs = beta_ptr + b * s_pb + t[:, None] * s_pl + _chan(d, zero, s_pd, CHANNEL_LAST)[None, :]
+    du_ptrs = du_ptr + b * s_ob + t[:, None] * s_ol + _chan(d, zero, s_od, CHANNEL_LAST)[None, :]
+    ddelta_ptrs = ddelta_ptr + b * s_qb + t[:, None] * s_ql + _chan(d, zero, s_qd, CHANNEL_LAST)[None, :]
     bc_ptrs = bc_ptr + ((b * groups + g) * bc_len + t_last) * (2 * BLOCK_N) + n
     lane_step = tl.arange(0, BLOCK_D) % T_TILE  # for the prefetch (see _prefetch_tile)
-    u_row = u_ptr + b * s_ub + lane_step * s_ul + d * s_ud
-    delta_row = delta_ptr + b * s_db + lane_step * s_dl + d * s_dd
-    z_row = z_ptr + b * s_zb + lane_step * s_zl + d * s_zd
-    dy_row = dy_ptr + b * s_gb + lane_step * s_gl + d * s_gd
-    beta_row = beta_ptr + b * s_pb + lane_step * s_pl + d * s_pd
+    u_row = u_ptr + b * s_ub + lane_step * s_ul + _chan(d, zero, s_ud, CHANNEL_LAST)
+    delta_row = delta_ptr + b * s_db + lane_step * s_dl + _chan(d, zero, s_dd, CHANNEL_LAST)
+    z_row = z_ptr + b * s_zb + lane_step * s_zl + _chan(d, zero, s_zd, CHANNEL_LAST)
+    dy_row = dy_ptr + b * s_gb + lane_step * s_gl + _chan(d, zero, s_gd, CHANNEL_LAST)
+    beta_row = beta_ptr + b * s_pb + lane_step * s_pl + _chan(d, zero, s_pd, CHANNEL_LAST)
     dbc_row = dbc_ptr + (((b * groups + g) * n_dblk + dblk) * bc_len + t_last) * (2 * BLOCK_N)
 
     for i in range(n_tiles):
@@ -467,9 +601,9 @@ def _bwd_reverse_kernel(
                     _prefetch_tile(z_row, lane_step, t_prev, s_zl, t_start, t_end, d_mask)
             _prefetch_bc(bc_ptr, b * groups + g, bc_len, t_prev, t_start, t_end, BLOCK_D, BLOCK_N, T_TILE)
         u = tl.load(u_ptrs, mask=mask, other=0.0).to(tl.float32)
-        dt, pre = _load_dt(delta_ptrs, mask, bias, HAS_BIAS, SOFTPLUS)
+        dt, pre = _load_dt(delta_ptrs, mask, bias, HAS_BIAS, SOFTPLUS, FAST_MATH)
         dtu = dt * u
-        dyp, _, _, _ = _load_dyp(dy_ptrs, z_ptrs, mask, HAS_Z)
+        dyp, _, _, _ = _load_dyp(dy_ptrs, z_ptrs, mask, HAS_Z, FAST_MATH)
         beta = tl.load(beta_ptrs, mask=mask, other=0.0)
         sgB = tl.zeros((T_TILE, BLOCK_D), tl.float32)
         dlog = tl.zeros((T_TILE, BLOCK_D), tl.float32)  # sum_n A2 g_t a_t h_{t-1}
@@ -486,8 +620,8 @@ def _bwd_reverse_kernel(
             S = S_carry + _row(beta, steps, j)
             dlog = _put_row(dlog, steps, j, S - alpha)
             S_carry = S - alpha
-            # dB of this step, summed over the block's channels in a fixed order (bit-reproducible).
-            tl.store(dbc_row + j * (2 * BLOCK_N) + n, tl.sum(gj * dtu_j[None, :], axis=1))
+            # dB of this step, summed over the block's channels.
+            _store_channel_sums(dbc_row + j * (2 * BLOCK_N), gj * dtu_j[None, :], n, lane, BLOCK_N, LANE_SUMS)
             G = tl.exp2(A2 * dt_j) * gj  # d loss / d h_{t-1}, through step t
         du = dt * sgB
         if HAS_D:
@@ -495,7 +629,7 @@ def _bwd_reverse_kernel(
         tl.store(du_ptrs, du.to(du_ptr.dtype.element_ty), mask=mask)
         ddt = u * sgB + LN2 * dlog
         if SOFTPLUS:
-            ddt = ddt * tl.sigmoid(pre)
+            ddt = ddt * _sigmoid(pre, FAST_MATH)
         ddt = tl.where(mask, ddt, 0.0)
         if HAS_BIAS:
             dbias += tl.sum(ddt, axis=0)
