@@ -125,7 +125,9 @@ def _config(
     dim_per_group = dim // groups
     block_n = triton.next_power_of_2(dstate)
     pow2 = triton.next_power_of_2(dim_per_group)
-    block_d = _TUNING.get("block_d", min(128, pow2))
+    # 64 channels per forward program at N 64, whose state alone fills a thread's registers: S3 N 64 forward
+    # 33.9 -> 23.4 ms (H100, channel-last) against 128 channels.
+    block_d = _TUNING.get("block_d", min(64 if block_n >= 64 else 128, pow2))
     # Forward steps per tile, measured on an H100 (benchmarks/RESULTS.md). Channel-last (the model's layout), whose
     # per-channel tiles are prefetched: 2 steps up to N 32 (S0 / S1 D 256: 4 steps 39.1 / 6.8 ms, 2 steps 31.5 /
     # 5.6; S3 N 8: 7.3 -> 6.0 ms), 4 at N 64 (23.3 ms; 1 step 50.1). Contiguous: 4 steps at every N (S3, L 2^18:
