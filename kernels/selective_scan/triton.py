@@ -99,13 +99,14 @@ def _sigmoid(x, FAST_MATH: tl.constexpr):
 
 
 @triton.jit
-def _row(tile, steps, j):
-    """Step j (a constexpr) of a (T, BLOCK_D) tile; the time axis is in-thread, so this is a register pick.
+def _row(tile, rows, j):
+    """Row j (a constexpr) of a tile whose first axis (indices `rows`) is in-thread: the steps of a (T, BLOCK_D)
+    tile or the states of an (N, BLOCK_D) one. A register pick; -0.0 when j is past the last row.
 
-    The other steps are replaced by -0.0, not 0.0: x + (-0.0) == x for every x, so the compiler folds the sum
+    The other rows are replaced by -0.0, not 0.0: x + (-0.0) == x for every x, so the compiler folds the sum
     away; x + 0.0 is not x when x is -0.0, and costs an add per pick.
     """
-    return tl.sum(tl.where(steps[:, None] == j, tile, -0.0), axis=0)
+    return tl.sum(tl.where(rows[:, None] == j, tile, -0.0), axis=0)
 
 
 def _lane_sum_ptx(k: int) -> str:
@@ -159,12 +160,6 @@ def _laneid(like):
 
 
 @triton.jit
-def _pick(tile, n, k):
-    """Row k (a constexpr) of an (N, BLOCK_D) tile whose N axis is in-thread: a register pick; -0.0 past N."""
-    return tl.sum(tl.where(n[:, None] == k, tile, -0.0), axis=0)
-
-
-@triton.jit
 def _store_channel_sums(ptrs, tile, n, lane, BLOCK_N: tl.constexpr, LANE_SUMS: tl.constexpr):
     """Store tile (BLOCK_N, BLOCK_D) summed over its channels at ptrs[n], in a fixed order (bit-reproducible).
 
@@ -175,12 +170,12 @@ def _store_channel_sums(ptrs, tile, n, lane, BLOCK_N: tl.constexpr, LANE_SUMS: t
         for base in tl.static_range(0, BLOCK_N, 16):
             total = tl.inline_asm_elementwise(
                 _LANE_SUM16, _LANE_SUM16_ARGS,
-                [_pick(tile, n, base + 0), _pick(tile, n, base + 1), _pick(tile, n, base + 2),
-                 _pick(tile, n, base + 3), _pick(tile, n, base + 4), _pick(tile, n, base + 5),
-                 _pick(tile, n, base + 6), _pick(tile, n, base + 7), _pick(tile, n, base + 8),
-                 _pick(tile, n, base + 9), _pick(tile, n, base + 10), _pick(tile, n, base + 11),
-                 _pick(tile, n, base + 12), _pick(tile, n, base + 13), _pick(tile, n, base + 14),
-                 _pick(tile, n, base + 15)],
+                [_row(tile, n, base + 0), _row(tile, n, base + 1), _row(tile, n, base + 2),
+                 _row(tile, n, base + 3), _row(tile, n, base + 4), _row(tile, n, base + 5),
+                 _row(tile, n, base + 6), _row(tile, n, base + 7), _row(tile, n, base + 8),
+                 _row(tile, n, base + 9), _row(tile, n, base + 10), _row(tile, n, base + 11),
+                 _row(tile, n, base + 12), _row(tile, n, base + 13), _row(tile, n, base + 14),
+                 _row(tile, n, base + 15)],
                 dtype=tl.float32, is_pure=True, pack=1,
             )
             tl.store(ptrs + base + lane, total, mask=(lane < 16) & (base + lane < BLOCK_N))
