@@ -2,11 +2,12 @@
 
     python benchmarks/bench_block.py                       # d_model 256 and 512, L 2^20, fused and step-by-step
     python benchmarks/bench_block.py --d-models 256 --seqlen 262144
+    python benchmarks/bench_block.py --piece-tokens 262144 65536   # the fused node's piece size (memory vs time)
 
 The block is ``dna_mamba.model.mamba.Block`` (d_state 16, d_conv 4, expand 2) under bf16 autocast with an fp32
-residual stream, batch 1, as in a training step. "fused" is the CUDA default (one autograd node for conv -> x_proj
--> dt -> scan that recomputes the conv output and dt in the backward, Triton RMSNorm); "step-by-step" is the
-same block with ``mixer.fused = False`` (the CPU path's op-by-op autograd, on the same Triton kernels). Times are
+residual stream, batch 1, as in a training step. "fused" is the CUDA default (the whole block as one autograd node
+that keeps only its input and runs over pieces of the sequence, ``dna_mamba.model.fused_block``); "step-by-step" is the
+same block with ``block.fused = False`` (the CPU path's op-by-op autograd, on the same Triton kernels). Times are
 medians of CUDA-event-timed iterations after warm-up; peak is ``torch.cuda.max_memory_allocated`` over one
 forward + backward, input, output gradient and parameters included (as the baseline counts it). Baseline:
 mamba_ssm's ``Mamba`` block, BASELINES.md (108 ms / 12.4 GiB at 256, 187 ms / 24.5 GiB at 512).
@@ -19,7 +20,7 @@ import statistics
 
 import torch
 
-from dna_mamba.model import DnaMambaConfig
+from dna_mamba.model import DnaMambaConfig, fused_block
 from dna_mamba.model.mamba import Block
 
 BASELINE = {256: (108.0, 12.4), 512: (187.0, 24.5)}  # mamba_ssm Mamba block at L 2^20: fwd+bwd ms, peak GiB
@@ -42,7 +43,7 @@ def time_ms(fn, warmup: int, iters: int) -> float:
 def bench(d_model: int, seqlen: int, fused: bool, warmup: int, iters: int) -> dict:
     torch.manual_seed(0)
     block = Block(DnaMambaConfig(d_model=d_model, n_layer=1, d_state=16)).cuda()
-    block.mixer.fused = fused
+    block.fused = fused
     x = torch.randn(1, seqlen, d_model, device="cuda", requires_grad=True)  # the fp32 residual stream
     dout = torch.randn(1, seqlen, d_model, device="cuda")
 
@@ -61,7 +62,7 @@ def bench(d_model: int, seqlen: int, fused: bool, warmup: int, iters: int) -> di
     return {"ms": ms, "peak": peak}
 
 
-def profile(d_model: int, seqlen: int, top: int = 18) -> None:
+def profile(d_model: int, seqlen: int, top: int = 24) -> None:
     """Where one fused forward + backward spends its GPU time, kernel by kernel (torch.profiler)."""
     r = bench(d_model, seqlen, True, warmup=1, iters=1)  # compiles and warms up
     torch.manual_seed(0)
@@ -90,24 +91,33 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="print the GPU time per kernel of one fused step")
+    parser.add_argument("--piece-tokens", type=int, nargs="+", default=[fused_block.PIECE_TOKENS],
+                        help="fused rows at each of these piece sizes (fused_block.PIECE_TOKENS)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_block.py needs a CUDA GPU")
     if args.profile:
-        profile(args.d_models[0], args.seqlen)
+        for piece_tokens in args.piece_tokens:
+            fused_block.PIECE_TOKENS = piece_tokens
+            print(f"## pieces of {piece_tokens:,} tokens")
+            profile(args.d_models[0], args.seqlen)
         return
 
     print(f"# one Mamba block, fwd + bwd: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast")
     print("| d_model | L | path | fwd+bwd ms | tokens/s | peak GiB | mamba_ssm ms / GiB | speed-up | memory ratio |")
     print("| ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |")
     for d_model in args.d_models:
-        for fused in (True, False):
+        for path in [*args.piece_tokens, "step-by-step"]:
+            fused = path != "step-by-step"
+            if fused:
+                fused_block.PIECE_TOKENS = path
             r = bench(d_model, args.seqlen, fused, args.warmup, args.iters)
             base = BASELINE.get(d_model) if args.seqlen == 2**20 else None
             ratio = f"{base[0] / r['ms']:.2f}x" if base else "-"
             mem = f"{r['peak'] / base[1]:.2f}" if base else "-"
             base_txt = f"{base[0]:.0f} / {base[1]}" if base else "-"
-            print(f"| {d_model} | {args.seqlen:,} | {'fused' if fused else 'step-by-step'} | {r['ms']:.1f} | "
+            label = f"fused, pieces of {path:,}" if fused else path
+            print(f"| {d_model} | {args.seqlen:,} | {label} | {r['ms']:.1f} | "
                   f"{args.seqlen / r['ms'] * 1e3 / 1e6:.2f} M | {r['peak']:.2f} | {base_txt} | {ratio} | {mem} |",
                   flush=True)
             torch.cuda.empty_cache()

@@ -41,7 +41,7 @@ import dna_mamba.model.mamba as mamba
 from dna_mamba.kernels import selective_scan
 if "$SCAN" == "reference":  # measurement fallback only: the fused scan failed its parity check above
     mamba.selective_scan = functools.partial(selective_scan, backend="reference")
-    mamba.MambaMixer.fused = False  # the fused node calls the Triton scan directly
+    mamba.Block.fused = False  # the fused node calls the Triton scan directly
 sys.argv = ["dna_mamba.train", "model=1.4m", "context=8k", "trainer=gpu", "data=human_chr20",
             "data.fasta=[.gpu_data/human/GRCh37_chr20.fa.gz]", "data.num_workers=4",
             "trainer.tokens_per_step=262144", "trainer.micro_batch_tokens=262144", "trainer.max_steps=1000",

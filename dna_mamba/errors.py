@@ -36,7 +36,7 @@ def report_user_errors(debug: bool = False):
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"error: GPU out of memory ({first_line}). Lower the memory per step: "
               "trainer.segment_len=65536 (segment checkpointing), trainer.activation_checkpointing=true, "
-              "trainer.backward_piece_tokens=65536, a smaller trainer.micro_batch_tokens, or a shorter context",
+              "trainer.piece_tokens=65536, a smaller trainer.micro_batch_tokens, or a shorter context",
               file=sys.stderr)
         print("(run with --debug for the full traceback)", file=sys.stderr)
         sys.exit(1)

@@ -158,7 +158,7 @@ def test_gpu_out_of_memory_names_the_settings_to_change(capsys):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "Tried to allocate 2.00 GiB" in err and "more detail" not in err
-    for setting in ("trainer.segment_len", "trainer.activation_checkpointing", "trainer.backward_piece_tokens",
+    for setting in ("trainer.segment_len", "trainer.activation_checkpointing", "trainer.piece_tokens",
                     "trainer.micro_batch_tokens", "context"):
         assert setting in err
     with pytest.raises(torch.OutOfMemoryError), report_user_errors(debug=True):
@@ -171,7 +171,8 @@ def test_gpu_out_of_memory_names_the_settings_to_change(capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_segmented_under_bf16_autocast_on_gpu():
     model = DnaMambaLM(DnaMambaConfig(d_model=64, n_layer=4)).cuda()
-    ids = tokens(batch=2, length=8191).cuda()
+    ids = tokens(batch=2, length=32767).cuda()
+    base = torch.cuda.memory_allocated()  # the model and the tokens; the peaks below are counted above this
 
     def loss_and_grads(segment_len):
         model.zero_grad(set_to_none=True)
@@ -180,12 +181,12 @@ def test_segmented_under_bf16_autocast_on_gpu():
             nll, _ = segmented_lm_loss(model, ids, segment_len) if segment_len else lm_nll_sum(model(ids).logits, ids)
         nll.backward()
         grads = {name: p.grad.float().clone() for name, p in model.named_parameters()}
-        return nll.item(), grads, torch.cuda.max_memory_allocated()
+        return nll.item(), grads, torch.cuda.max_memory_allocated() - base
 
     one_nll, one, one_peak = loss_and_grads(None)
-    seg_nll, seg, seg_peak = loss_and_grads(1000)
+    seg_nll, seg, seg_peak = loss_and_grads(4000)
     assert abs(seg_nll - one_nll) < 1e-3 * abs(one_nll)
     for name, grad in one.items():
         assert (seg[name] - grad).norm() <= 3e-2 * grad.norm() + 1e-6, name
-    print(f"peak memory: one pass {one_peak / 2**20:.0f} MiB, segments of 1000 {seg_peak / 2**20:.0f} MiB")
+    print(f"peak memory: one pass {one_peak / 2**20:.0f} MiB, segments of 4000 {seg_peak / 2**20:.0f} MiB")
     assert seg_peak < one_peak / 2

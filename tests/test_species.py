@@ -160,15 +160,15 @@ def test_memory_settings_checkpoint_blocks_and_refuse_segments(monkeypatch) -> N
     from dna_mamba.lit.runner import TrainerConfig
     from dna_mamba.lit.species import SpeciesModule
     from dna_mamba.lit.species_run import apply_memory_settings
-    from dna_mamba.model import DnaMambaConfig, fused_mixer
+    from dna_mamba.model import DnaMambaConfig, fused_block
 
-    monkeypatch.setattr(fused_mixer, "BACKWARD_PIECE_TOKENS", fused_mixer.BACKWARD_PIECE_TOKENS)  # restored after
+    monkeypatch.setattr(fused_block, "PIECE_TOKENS", fused_block.PIECE_TOKENS)  # restored after
     module = SpeciesModule(DnaMambaConfig(d_model=8, n_layer=1, d_state=4), ["a", "b"])
-    apply_memory_settings(module, TrainerConfig(activation_checkpointing=True, backward_piece_tokens=4096), 1024)
+    apply_memory_settings(module, TrainerConfig(activation_checkpointing=True, piece_tokens=4096), 1024)
     assert module.model.gradient_checkpointing
-    assert fused_mixer.BACKWARD_PIECE_TOKENS == 4096
-    with pytest.raises(ValueError, match="trainer.backward_piece_tokens must be positive or null, got 0"):
-        TrainerConfig(backward_piece_tokens=0)
+    assert fused_block.PIECE_TOKENS == 4096
+    with pytest.raises(ValueError, match="trainer.piece_tokens must be positive or null, got 0"):
+        TrainerConfig(piece_tokens=0)
     apply_memory_settings(module, TrainerConfig(segment_len=4096), seq_len=1024)  # longer than the window: a no-op
     assert not module.model.gradient_checkpointing
     with pytest.raises(ValueError, match="segment_len=256 is not supported by task=species"):

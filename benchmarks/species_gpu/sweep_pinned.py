@@ -16,5 +16,5 @@ from dna_mamba.species.cli import sweep_main
 backend = os.environ.get("SCAN_BACKEND", "auto")
 if backend != "auto":
     mamba.selective_scan = functools.partial(interface.selective_scan, backend=backend)
-    mamba.MambaMixer.fused = False  # the fused node calls the Triton scan directly, whatever the pin
+    mamba.Block.fused = False  # the fused node calls the Triton scan directly, whatever the pin
 sys.exit(sweep_main(sys.argv[1:]))

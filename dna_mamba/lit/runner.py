@@ -22,7 +22,7 @@ from dna_mamba.lit.checkpoint_io import AtomicCheckpointIO
 from dna_mamba.lit.datamodule import GenomeDataConfig, GenomeDataModule
 from dna_mamba.lit.plots import plot_training_curves
 from dna_mamba.lit.pretrain import OptimConfig, PretrainModule
-from dna_mamba.model import DnaMambaConfig, fused_mixer, save_pretrained
+from dna_mamba.model import DnaMambaConfig, fused_block, save_pretrained
 
 
 @dataclass
@@ -72,13 +72,13 @@ class TrainerConfig:
     # Memory savers for long contexts (see PretrainModule); both recompute in the backward and give exact gradients.
     segment_len: int | None = None  # positions per checkpointed segment; None: the whole window in one pass
     activation_checkpointing: bool = False  # recompute each block's activations in the backward
-    # Tokens per piece of the fused mixer's backward on CUDA (dna_mamba.model.fused_mixer): smaller pieces, less
-    # working memory per layer for a little speed; None: one piece.
-    backward_piece_tokens: int | None = 262144
+    # Tokens per piece of the fused block's forward and backward on CUDA (dna_mamba.model.fused_block): smaller
+    # pieces, less working memory per layer for a little speed; None: one piece.
+    piece_tokens: int | None = 262144
     seq_warmup_fraction: float = 0.0  # of max_steps, doubling the window from 1k up to the context (Mamba paper)
 
     def __post_init__(self) -> None:
-        for name in ("segment_len", "backward_piece_tokens"):
+        for name in ("segment_len", "piece_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"trainer.{name} must be positive or null, got {value}")
@@ -183,7 +183,7 @@ def run_pretraining(
     module = PretrainModule(model_config, optim_config, segment_len=trainer_config.segment_len,
                             activation_checkpointing=trainer_config.activation_checkpointing,
                             seq_warmup_fraction=trainer_config.seq_warmup_fraction)
-    fused_mixer.BACKWARD_PIECE_TOKENS = trainer_config.backward_piece_tokens
+    fused_block.PIECE_TOKENS = trainer_config.piece_tokens
     if init_from:
         load_initial_weights(module, init_from)
 

@@ -23,7 +23,7 @@ from dna_mamba.lit.callbacks import EpochSeeder
 from dna_mamba.lit.pretrain import OptimConfig
 from dna_mamba.lit.runner import TrainerConfig, _resolve_resume, build_trainer, load_initial_weights
 from dna_mamba.lit.species import SpeciesDataModule, SpeciesModule, SpeciesTaskConfig
-from dna_mamba.model import DnaMambaConfig, fused_mixer
+from dna_mamba.model import DnaMambaConfig, fused_block
 from dna_mamba.species.dataset import (
     BalancedWindowDataset,
     EvalWindowDataset,
@@ -117,7 +117,7 @@ def apply_memory_settings(module: SpeciesModule, trainer_config: TrainerConfig, 
             f"{seq_len:,}); use trainer.activation_checkpointing=true or a smaller trainer.micro_batch_tokens"
         )
     module.model.gradient_checkpointing = trainer_config.activation_checkpointing
-    fused_mixer.BACKWARD_PIECE_TOKENS = trainer_config.backward_piece_tokens
+    fused_block.PIECE_TOKENS = trainer_config.piece_tokens
 
 
 def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, trainer_config: TrainerConfig,

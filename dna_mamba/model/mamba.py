@@ -9,9 +9,9 @@ MambaMixer (the block of Gu & Dao 2023):
     dt = dt_proj(dt_low);  y = selective_scan(x, dt, A, B, C, D, z, softplus(dt + dt_bias));  out_proj(y)
 
 The scan, the conv and the norm come from ``dna_mamba.kernels``: fused Triton on CUDA tensors, the pure-PyTorch
-reference elsewhere, so this file never changes when kernels do. On CUDA the mixer's conv -> x_proj -> dt -> scan
-path runs as one autograd node that recomputes the conv output and dt in the backward instead of storing them
-(``fused_mixer.py``); the step-by-step path below is the CPU path and its test oracle. Every layer can start from
+reference elsewhere, so this file never changes when kernels do. On CUDA a whole block runs as one autograd node
+that keeps only its input and recomputes the rest in the backward, over pieces of the sequence
+(``fused_block.py``); the step-by-step path below is the CPU path and its test oracle. Every layer can start from
 and return its recurrent state (conv_state: the last d_conv - 1 conv inputs; ssm_state: h), which gives streaming
 over chunks and ``step()``.
 """
@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from dna_mamba.kernels import add_rms_norm, selective_scan
 from dna_mamba.model.config import DnaMambaConfig
-from dna_mamba.model.fused_mixer import mamba_inner, pre_scan
+from dna_mamba.model.fused_block import mamba_block, pre_scan
 
 
 @dataclass
@@ -76,11 +76,6 @@ def _no_weight_decay(param: nn.Parameter) -> nn.Parameter:
 class MambaMixer(nn.Module):
     """The Mamba-1 mixer: (B, L, d_model) -> (B, L, d_model), optionally carrying a LayerState."""
 
-    # The fused inner path (fused_mixer.py): None = on CUDA tensors; True forces it (tests run it on CPU through
-    # the Triton interpreter), False keeps the step-by-step path. Set on an instance, or on the class to pin
-    # every mixer (benchmark scripts that route the scan to the reference do).
-    fused: bool | None = None
-
     def __init__(self, config: DnaMambaConfig):
         super().__init__()
         self.config = config
@@ -120,15 +115,7 @@ class MambaMixer(nn.Module):
         xz = self.in_proj(hidden)  # (B, L, 2 * d_inner)
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
         conv_state, ssm_state = (None, None) if state is None else (state.conv, state.ssm)
-        if self.fused or (self.fused is None and xz.is_cuda):
-            cfg = self.config
-            y, conv_state, ssm_state = mamba_inner(
-                xz, self.conv_weight, self.conv_bias, self.x_proj.weight, self.dt_proj.weight,
-                self.dt_proj.bias.float(), A, self.D.float(), cfg.dt_rank, cfg.d_state,
-                conv_state=conv_state, ssm_state=ssm_state,
-            )
-        else:
-            y, conv_state, ssm_state = self._inner_step_by_step(xz, A, conv_state, ssm_state)
+        y, conv_state, ssm_state = self._inner_step_by_step(xz, A, conv_state, ssm_state)
         # y: (B, d_inner, L); conv_state: (B, d_inner, d_conv - 1); ssm_state: (B, d_inner, N)
         out = self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
         return out, (LayerState(conv_state, ssm_state) if return_state else None)
@@ -178,13 +165,25 @@ class MambaMixer(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block: x + mixer(norm(x))."""
 
+    # The fused node (fused_block.py): None = on CUDA tensors; True forces it (tests run it on CPU through the
+    # Triton interpreter), False keeps the step-by-step path. Set on an instance, or on the class to pin every
+    # block (benchmark scripts that route the scan to the reference do).
+    fused: bool | None = None
+
     def __init__(self, config: DnaMambaConfig):
         super().__init__()
         self.norm = RMSNorm(config.d_model, eps=config.norm_eps)
         self.mixer = MambaMixer(config)
         self.residual_in_fp32 = config.residual_in_fp32
 
+    def uses_fused(self, x: torch.Tensor) -> bool:
+        return bool(self.fused or (self.fused is None and x.is_cuda))
+
     def forward(self, x, state: LayerState | None = None, return_state: bool = False):
+        if self.uses_fused(x):
+            conv_state, ssm_state = (None, None) if state is None else (state.conv, state.ssm)
+            out, conv_state, ssm_state = mamba_block(self, x, conv_state, ssm_state)
+            return out, (LayerState(conv_state, ssm_state) if return_state else None)
         out, new_state = self.mixer(self.norm(x), state, return_state)
         return self._add(x, out), new_state
 
@@ -210,6 +209,8 @@ class DnaMambaLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.lm_head.weight = self.embedding.weight  # tied
         # Recompute each block's activations in the backward instead of storing them (per-layer checkpointing).
+        # Only the step-by-step blocks: a fused block (CUDA) keeps nothing but its input already, which is what a
+        # checkpoint would keep, so checkpointing it would only run its forward twice.
         self.gradient_checkpointing = False
         self.apply(self._init_weights)
         _no_weight_decay(self.embedding.weight)
@@ -253,7 +254,7 @@ class DnaMambaLM(nn.Module):
         new_states = [] if return_state else None
         for i, layer in enumerate(self.layers):
             layer_state = None if state is None else state[i]
-            if self.gradient_checkpointing and torch.is_grad_enabled():
+            if self.gradient_checkpointing and torch.is_grad_enabled() and not layer.uses_fused(x):
                 x, layer_state = checkpoint(layer, x, layer_state, return_state, use_reentrant=False)
             else:
                 x, layer_state = layer(x, layer_state, return_state)

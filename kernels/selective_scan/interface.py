@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -117,7 +117,7 @@ _TUNING: dict[str, int] = {}
 
 def _config(
     batch: int, dim: int, groups: int, dstate: int, seqlen: int, device: torch.device, sms: int | None = None,
-    channel_last: bool = True, splits: int = 1,
+    channel_last: bool = True,
 ) -> _Config:
     """Block sizes from the shape. Measured on an H100 (benchmarks/RESULTS.md, selective scan): occupancy is what limits
     these kernels, so the choices below trade unrolling for registers; larger unrolls hoist the loads of every
@@ -152,9 +152,7 @@ def _config(
     # Enough chunks that every SM holds a few programs; a chunk much shorter than ~256 steps would spend more
     # on its boundary state and the combine than it gains.
     sms = _sm_count(device) if sms is None else sms
-    # A caller that runs the backward in `splits` pieces of whole chunks (the fused mixer) asks for that many times
-    # more chunks, so that each piece alone still fills the GPU.
-    want_chunks = triton.cdiv(_TUNING.get("programs_per_sm", 4) * sms * splits, programs_per_chunk)
+    want_chunks = triton.cdiv(_TUNING.get("programs_per_sm", 4) * sms, programs_per_chunk)
     step = max(t_tile, t_tile_bwd)  # both powers of two: chunks hold whole tiles of either pass
     min_chunk = 256 if device.type == "cuda" else 2 * step
     chunk_len = max(min_chunk, triton.cdiv(triton.cdiv(seqlen, want_chunks), step) * step)
@@ -219,20 +217,18 @@ def _dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like if t is None else t
 
 
-def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, splits: int = 1):
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
     """The Triton forward without autograd: (y, final_state, chunk_states, config).
 
     ``chunk_states`` (the state entering each chunk, and the final one) and ``config`` are what ``scan_backward``
     needs besides the inputs. Callers that recompute u or delta in their own backward (the fused Mamba mixer)
     use this pair directly; everyone else goes through ``selective_scan``. Arguments are checked there.
-    ``splits``: the caller will run the backward over that many ranges of whole chunks (``chunk_range``).
     """
     from dna_mamba.kernels.selective_scan import triton as kernels
 
     batch, dim, seqlen = u.shape
     groups, dstate = B.shape[1], A.shape[1]
-    cfg = _config(batch, dim, groups, dstate, seqlen, u.device, channel_last=u.stride(1) == 1 and seqlen > 1,
-                  splits=splits)
+    cfg = _config(batch, dim, groups, dstate, seqlen, u.device, channel_last=u.stride(1) == 1 and seqlen > 1)
     dev = u.device
     n_dblk = triton.cdiv(dim // groups, cfg.block_d)
     bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd))
@@ -273,17 +269,13 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
     return y, final, states, cfg
 
 
-def chunk_range(chunk_states: torch.Tensor, cfg: _Config, seqlen: int, c0: int, c1: int):
-    """Chunks c0 .. c1 - 1 of a forward over seqlen steps as a scan of their own, for ``scan_backward`` on steps
-    t0 .. t1 - 1 with the state entering chunk c0 as the initial state: (t0, t1, chunk states, config)."""
-    t0, t1 = c0 * cfg.chunk_len, min(c1 * cfg.chunk_len, seqlen)
-    return t0, t1, chunk_states[:, c0 : c1 + 1].contiguous(), replace(cfg, n_chunks=c1 - c0)
-
-
-def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states, cfg, delta_softplus, dy, dfinal):
+def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states, cfg, delta_softplus, dy, dfinal,
+                  y_out: torch.Tensor | None = None):
     """Gradients of ``scan_forward``'s (y, final_state) for every input, from the inputs and its chunk states.
 
     Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state), None where the input is None.
+    ``y_out``: a (batch, dim, L) tensor that also receives the output y, which the backward recomputes on its way
+    (the fused block needs it for out_proj's weight gradient and does not keep the forward's).
     """
     from dna_mamba.kernels.selective_scan import triton as kernels
 
@@ -310,7 +302,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
         num_warps=max(1, cfg.block_d_bwd // 32), PREFETCH=cfg.prefetch, PREFETCH_IO=cfg.prefetch_io,
         # The approximate softplus / sigmoid speed up the forward (S0 27.6 -> 24.9 ms) but slowed the backward
         # (62.7 -> 67.8 ms, H100), so the backward keeps the precise ones.
-        FAST_MATH=False, CHANNEL_LAST=_channel_last(u, delta, z, dy, du, ddelta, dz, beta),
+        FAST_MATH=False, CHANNEL_LAST=_channel_last(u, delta, z, dy, du, ddelta, dz, beta, y_out),
     )
     # The reduce-scatter needs one channel per lane, which the channel-last form of the addresses guarantees.
     meta["LANE_SUMS"] = cfg.lane_sums and meta["CHANNEL_LAST"]
@@ -333,8 +325,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
     with device_guard(u):
         common = (u, delta, zz, dy, a2t, _dummy(Df, a2t), _dummy(biasf, a2t), bc, states)
         kernels._bwd_forward_kernel[grid](
-            *common, _dummy(dz, u), beta, dbc, dA, mom, gloc, dtsum, dD, *dims, *in_strides, *_strides(dz),
-            HAS_D=D is not None, **meta,
+            *common, _dummy(dz, u), _dummy(y_out, u), beta, dbc, dA, mom, gloc, dtsum, dD, *dims, *in_strides,
+            *_strides(dz), *_strides(y_out), HAS_D=D is not None, STORE_Y=y_out is not None, **meta,
         )
         kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, _COMBINE_BLOCK_D))](
             a2t, dtsum, gloc, _dummy(dfinal, a2t), carries, dinit, dim, cfg.n_chunks, dstate, *_strides(dfinal),

@@ -45,7 +45,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 #    (do_not_specialize, and CHANNEL_LAST uses the d + zero form); a unit time stride is, so that a thread loads
 #    its channel's steps as one vector.
 _FWD_STRIDES = ["zero", "s_ud", "s_dd", "s_zd", "s_yd"]
-_BWD_STRIDES = ["zero", "s_ud", "s_dd", "s_zd", "s_gd", "s_pd", "s_od", "s_qd"]
+_BWD_STRIDES = ["zero", "s_ud", "s_dd", "s_zd", "s_gd", "s_pd", "s_od", "s_qd", "s_yd"]
 
 
 @triton.jit
@@ -409,6 +409,7 @@ def _bwd_forward_kernel(
     states_ptr,  # (batch, chunks + 1, BLOCK_N, dim): state entering each chunk (saved by the forward)
     # pointers: outputs
     dz_ptr,
+    y_ptr,  # like u: the gated output y, recomputed on the way (STORE_Y), for a caller that needs it in its backward
     beta_ptr,  # like u, fp32: beta_t = sum_n A2 C_t h_t dyp_t, for the reverse pass
     dbc_ptr,  # (batch, groups, channel blocks per group, bc_len, 2, BLOCK_N): dB, dC summed over a block
     dA_ptr,  # (batch, chunks + 1, BLOCK_N, dim): sum_t c_t m_t
@@ -418,10 +419,11 @@ def _bwd_forward_kernel(
     dD_ptr,  # (batch, chunks + 1, dim)
     # dims
     dim, seqlen, chunk_len, n_chunks, groups, dim_per_group, n_dblk, bc_len, zero,
-    # strides of u, delta, z, dy, beta, dz
+    # strides of u, delta, z, dy, beta, dz, y
     s_ub, s_ud, s_ul, s_db, s_dd, s_dl, s_zb, s_zd, s_zl, s_gb, s_gd, s_gl, s_pb, s_pd, s_pl, s_ob, s_od, s_ol,
+    s_yb, s_yd, s_yl,
     # meta
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, STORE_Y: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, T_TILE: tl.constexpr, PREFETCH: tl.constexpr,
     PREFETCH_IO: tl.constexpr, LANE_SUMS: tl.constexpr, FAST_MATH: tl.constexpr, CHANNEL_LAST: tl.constexpr,
 ):
@@ -454,6 +456,7 @@ def _bwd_forward_kernel(
     z_ptrs = z_ptr + b * s_zb + t[:, None] * s_zl + _chan(d, zero, s_zd, CHANNEL_LAST)[None, :]
     dy_ptrs = dy_ptr + b * s_gb + t[:, None] * s_gl + _chan(d, zero, s_gd, CHANNEL_LAST)[None, :]
     dz_ptrs = dz_ptr + b * s_ob + t[:, None] * s_ol + _chan(d, zero, s_od, CHANNEL_LAST)[None, :]
+    y_ptrs = y_ptr + b * s_yb + t[:, None] * s_yl + _chan(d, zero, s_yd, CHANNEL_LAST)[None, :]
     beta_ptrs = beta_ptr + b * s_pb + t[:, None] * s_pl + _chan(d, zero, s_pd, CHANNEL_LAST)[None, :]
     bc_ptrs = bc_ptr + ((b * groups + g) * bc_len + t_start) * (2 * BLOCK_N) + n
     lane_step = tl.arange(0, BLOCK_D) % T_TILE  # for the prefetch (see _prefetch_tile)
@@ -494,7 +497,7 @@ def _bwd_forward_kernel(
             decay *= a
             gloc += decay * inject
             hC = h * Cj[:, None]
-            if HAS_Z:
+            if HAS_Z or STORE_Y:
                 y_pre = _put_row(y_pre, steps, j, tl.sum(hC, axis=0))
             beta = _put_row(beta, steps, j, tl.sum(hC * A2, axis=0) * _row(dyp, steps, j))
             # dC of this step, summed over the block's channels.
@@ -502,16 +505,20 @@ def _bwd_forward_kernel(
         tl.store(beta_ptrs, beta, mask=mask)
         if HAS_D:
             dD += tl.sum(dyp * u, axis=0)
+        if HAS_D and (HAS_Z or STORE_Y):
+            y_pre += Dv[None, :] * u
         if HAS_Z:
-            if HAS_D:
-                y_pre += Dv[None, :] * u
             dz = dy * y_pre * sig_z * (1.0 + z * (1.0 - sig_z))
             tl.store(dz_ptrs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+        if STORE_Y:
+            y_gated = y_pre * z * sig_z if HAS_Z else y_pre
+            tl.store(y_ptrs, y_gated.to(y_ptr.dtype.element_ty), mask=mask)
         u_ptrs += T_TILE * s_ul
         delta_ptrs += T_TILE * s_dl
         z_ptrs += T_TILE * s_zl
         dy_ptrs += T_TILE * s_gl
         dz_ptrs += T_TILE * s_ol
+        y_ptrs += T_TILE * s_yl
         beta_ptrs += T_TILE * s_pl
         bc_ptrs += T_TILE * (2 * BLOCK_N)
         dbc_row += T_TILE * (2 * BLOCK_N)
