@@ -94,6 +94,28 @@ def test_fused_block_matches_step_by_step(monkeypatch, batch, length, with_state
     assert len(calls) == expected_pieces and sum(calls) == length, calls
 
 
+@pytest.mark.parametrize("frozen", [("norm.weight", "mixer.conv_bias"), ("mixer.in_proj.weight", "mixer.A_log")])
+def test_fused_block_with_frozen_parameters_and_input(monkeypatch, frozen):
+    """Partly frozen blocks (fine-tuning): the gradients that are wanted still match, the others stay None."""
+    _count_pieces(monkeypatch, 16)
+    block = _block(proj_bias=True)
+    for name, p in block.named_parameters():
+        p.requires_grad_(name not in frozen)
+    x = torch.randn(2, 30, block.mixer.config.d_model, generator=torch.Generator().manual_seed(6))  # no grad
+    grads = []
+    for fused in (True, False):
+        block.fused = fused
+        block.zero_grad(set_to_none=True)
+        out, _ = block(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append({name: p.grad for name, p in block.named_parameters()})
+    for name, grad in grads[1].items():
+        if name in frozen:
+            assert grads[0][name] is None and grad is None, name
+        else:
+            torch.testing.assert_close(grads[0][name], grad, rtol=5e-4, atol=5e-5, msg=name)
+
+
 def test_fused_block_saves_only_its_input():
     """The point of the node: of the per-position tensors only the block input x is kept for the backward."""
     block = _block(d_model=16)

@@ -30,30 +30,34 @@ from dna_mamba.kernels.selective_scan.interface import scan_backward, scan_forwa
 PIECE_TOKENS: int | None = 1 << 18
 
 
-def pre_scan(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_state, dt_rank: int, d_state: int,
-             conv_backend: str = "triton"):
-    """xz -> (u, delta, B, C, z, conv_final): everything the scan reads, in xz's dtype.
+def split_xz(xz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """in_proj's output (B, L, 2 * d_inner) -> the conv input x and the gate z, as (B, d_inner, L) views."""
+    # Split first, then transpose: the backward of chunk concatenates the two gradients along the split dimension,
+    # which is then the fastest one of xz's memory. Transposing first made that concatenation a strided copy that
+    # took 32 ms at d_inner 512, L 2^20 (a third of the block's backward).
+    x, z = (half.transpose(1, 2) for half in xz.chunk(2, dim=-1))
+    return x, z
 
-    Weights are cast to xz's dtype explicitly (what autocast does) and autocast is off, so the backward's
+
+def pre_scan(x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_state, dt_rank: int, d_state: int,
+             conv_backend: str = "triton"):
+    """The conv input x (B, d_inner, L) -> (u, delta, B, C, conv_final): what the scan reads besides z, in x's dtype.
+
+    Weights are cast to x's dtype explicitly (what autocast does) and autocast is off, so the backward's
     recomputation is the same arithmetic as the forward's whatever autocast state each runs under. The
     step-by-step path (``MambaMixer``) calls this too, with ``conv_backend="auto"``.
     """
-    with torch.autocast(xz.device.type, enabled=False):
-        # Split first, then transpose: the backward of chunk concatenates the two gradients along the split
-        # dimension, which is then the fastest one of xz's (B, L, 2 * d_inner) memory. Transposing first made that
-        # concatenation a strided copy that took 32 ms at d_inner 512, L 2^20 (a third of the block's backward).
-        x, z = (half.transpose(1, 2) for half in xz.chunk(2, dim=-1))  # (B, d_inner, L) views
+    with torch.autocast(x.device.type, enabled=False):
         u, conv_final = causal_conv1d(
             x, conv_weight, conv_bias, activation="silu", initial_state=conv_state, return_final_state=True,
             backend=conv_backend,
         )  # (B, d_inner, L), (B, d_inner, d_conv - 1)
-        x_dbl = F.linear(u.transpose(1, 2), x_proj_weight.to(xz.dtype))  # (B, L, dt_rank + 2N)
+        x_dbl = F.linear(u.transpose(1, 2), x_proj_weight.to(x.dtype))  # (B, L, dt_rank + 2N)
         dt_low, b, c = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
-        delta = F.linear(dt_low, dt_proj_weight.to(xz.dtype)).transpose(1, 2)  # (B, d_inner, L)
+        delta = F.linear(dt_low, dt_proj_weight.to(x.dtype)).transpose(1, 2)  # (B, d_inner, L)
         b = b.transpose(1, 2).unsqueeze(1)  # (B, 1, N, L): one group shared by all channels
         c = c.transpose(1, 2).unsqueeze(1)  # (B, 1, N, L)
-    return u, delta, b, c, z, conv_final
-
+    return u, delta, b, c, conv_final
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,9 @@ def _pieces(batch: int, seqlen: int) -> list[tuple[int, int]]:
     return [(t0, min(t0 + steps, seqlen)) for t0 in range(0, seqlen, steps)]
 
 
-def _project_in(x, norm_weight, in_weight, in_bias, spec: _Spec):
-    """(B, l, d_model) block input -> xz (B, l, 2 * d_inner) in spec.dtype: RMSNorm then in_proj."""
-    h, _ = add_rms_norm(x, norm_weight, None, eps=spec.eps, residual_in_fp32=False, out_dtype=spec.dtype)
-    return F.linear(h, in_weight.to(spec.dtype), None if in_bias is None else in_bias.to(spec.dtype))
+def _norm(x, norm_weight, spec: _Spec):
+    """The block's RMSNorm: (B, l, d_model) -> (B, l, d_model) in spec.dtype."""
+    return add_rms_norm(x, norm_weight, None, eps=spec.eps, residual_in_fp32=False, out_dtype=spec.dtype)[0]
 
 
 def _leaf(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -91,26 +94,28 @@ class _MambaBlockFn(torch.autograd.Function):
     def forward(ctx, x, norm_weight, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                 dt_bias, A, D, out_weight, out_bias, conv_state, ssm_state, spec: _Spec):
         batch, seqlen, d_model = x.shape
-        out_weight_c = out_weight.to(spec.dtype)
+        in_weight_c, out_weight_c = in_weight.to(spec.dtype), out_weight.to(spec.dtype)
+        in_bias_c = None if in_bias is None else in_bias.to(spec.dtype)
         out_bias_c = None if out_bias is None else out_bias.to(spec.dtype)
-        out = None
+        # Block._add's dtype: an fp32 residual sum, or x's dtype promoted with the mixer's.
+        out_dtype = torch.float32 if spec.residual_in_fp32 else torch.promote_types(x.dtype, spec.dtype)
+        out = x.new_empty(batch, seqlen, d_model, dtype=out_dtype)
         conv_in, ssm_in = conv_state, ssm_state
         pieces = []  # per piece: (t0, t1, conv state entering it (None for the first), scan chunk states, config)
         with torch.autocast(x.device.type, enabled=False):
             for t0, t1 in _pieces(batch, seqlen):
-                xz = _project_in(x[:, t0:t1], norm_weight, in_weight, in_bias, spec)  # (B, l, 2 * d_inner)
-                u, delta, b, c, z, conv_final = pre_scan(
-                    xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_in, spec.dt_rank, spec.d_state
+                x_piece = x[:, t0:t1]
+                xz = F.linear(_norm(x_piece, norm_weight, spec), in_weight_c, in_bias_c)  # (B, l, 2 * d_inner)
+                conv_x, z = split_xz(xz)  # (B, d_inner, l) each
+                u, delta, b, c, conv_final = pre_scan(
+                    conv_x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_in, spec.dt_rank, spec.d_state
                 )
-                del xz
                 y, ssm_final, states, cfg = scan_forward(u, delta, A, b, c, D, z, dt_bias, ssm_in, True)
-                del u, delta, b, c, z
+                del xz, conv_x, z, u, delta, b, c
                 mixed = F.linear(y.transpose(1, 2), out_weight_c, out_bias_c)  # (B, l, d_model)
                 del y
-                part = x[:, t0:t1].float() + mixed.float() if spec.residual_in_fp32 else x[:, t0:t1] + mixed
-                if out is None:
-                    out = part.new_empty(batch, seqlen, d_model)
-                out[:, t0:t1] = part
+                # Written in place: no piece-sized temporaries for the sum or its copy into `out`.
+                torch.add(x_piece.float() if spec.residual_in_fp32 else x_piece, mixed, out=out[:, t0:t1])
                 pieces.append((t0, t1, None if t0 == 0 else conv_in, states, cfg))
                 conv_in, ssm_in = conv_final, ssm_final
         ctx.save_for_backward(x, norm_weight, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight,
@@ -124,59 +129,82 @@ class _MambaBlockFn(torch.autograd.Function):
          out_weight, out_bias, conv_state, ssm_state) = ctx.saved_tensors
         spec = ctx.spec
         d_model, d_inner = out_weight.shape
-        out_weight_c = out_weight.to(spec.dtype)
-        # Leaves of the recomputation, shared by the pieces; None stays None (no bias).
-        weights = [_leaf(t) for t in (norm_weight, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight,
-                                      dt_proj_weight)]
+        in_weight_c, out_weight_c = in_weight.to(spec.dtype), out_weight.to(spec.dtype)
+        in_bias_c = None if in_bias is None else in_bias.to(spec.dtype)
+        # Leaves of the recomputation, shared by the pieces; None stays None (no bias). in_proj and out_proj are
+        # differentiated by hand below: autograd through in_proj would concatenate the conv's and the gate's
+        # gradients into a (B, l, 2 * d_inner) tensor first.
+        weights = [_leaf(t) for t in (norm_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight)]
         wanted = [w for w in weights if w is not None and w.requires_grad]
         dweights = [None] * len(wanted)
         dx = torch.empty_like(x) if x.requires_grad else None
-        dout_weight = dout_bias = dA = dD = ddt_bias = dconv_state = dssm_state = None
+        din_weight = din_bias = dout_weight = dout_bias = None
+        dA = dD = ddt_bias = dconv_state = dssm_state = None
         d_state_out, d_conv_out = dssm_final, dconv_final  # gradients of what the current piece hands on
         for t0, t1, conv_in, states, cfg in reversed(ctx.pieces):
             first = t0 == 0
             x_piece = _leaf(x[:, t0:t1])
             # The conv state entering the piece: the caller's, or the last conv inputs of the piece before.
             conv_in = _leaf(conv_state) if first else conv_in.detach().requires_grad_()
-            with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-                xz = _project_in(x_piece, *weights[:3], spec)
-                u, delta, b, c, z, conv_final = pre_scan(xz, *weights[3:], conv_in, spec.dt_rank, spec.d_state)
+            with torch.autocast(x.device.type, enabled=False):
+                with torch.enable_grad():
+                    h = _norm(x_piece, weights[0], spec)  # (B, l, d_model)
+                xz = F.linear(h.detach(), in_weight_c, in_bias_c)  # (B, l, 2 * d_inner)
+                conv_x, z = split_xz(xz)
+                conv_x = conv_x.detach().requires_grad_()
+                with torch.enable_grad():
+                    u, delta, b, c, conv_final = pre_scan(conv_x, *weights[1:], conv_in, spec.dt_rank, spec.d_state)
             dmixed = dout[:, t0:t1].to(spec.dtype)  # out_proj's output gradient, (B, l, d_model)
             dy = dmixed @ out_weight_c  # (B, l, d_inner)
             y = torch.empty_like(dy)  # the scan's output, which its backward recomputes: out_proj's weight gradient
             # The scan's initial state only says whether its gradient is wanted: the states come from `states`.
             ssm_in = ssm_state if first else states[:, 0, : spec.d_state].transpose(1, 2)
             du, ddelta, dA_p, dB, dC, dD_p, dz, ddt_bias_p, d_state_in = scan_backward(
-                u.detach(), delta.detach(), A, b.detach(), c.detach(), D, z.detach(), dt_bias, ssm_in, states, cfg,
+                u.detach(), delta.detach(), A, b.detach(), c.detach(), D, z, dt_bias, ssm_in, states, cfg,
                 True, dy.transpose(1, 2), d_state_out, y_out=y.transpose(1, 2),
             )
             if out_weight.requires_grad:
                 dout_weight = _add(dout_weight, (dmixed.reshape(-1, d_model).t() @ y.reshape(-1, d_inner)).float())
             if out_bias is not None and out_bias.requires_grad:
                 dout_bias = _add(dout_bias, dmixed.float().sum((0, 1)))
-            del dy, y
-            outputs, grads = [u, delta, b, c, z], [du, ddelta, dB, dC, dz]
+            del dy, y, xz
+            # Through x_proj, dt_proj and the conv, by autograd: to their weights, the conv input and conv state.
+            outputs, grads = [u, delta, b, c], [du, ddelta, dB, dC]
             if d_conv_out is not None:
                 outputs.append(conv_final)
                 grads.append(d_conv_out)
-            inputs = [*wanted]
-            if x_piece.requires_grad:
-                inputs.append(x_piece)
+            inputs = [w for w in wanted if w is not weights[0]] + [conv_x]
             if conv_in is not None and conv_in.requires_grad:
                 inputs.append(conv_in)
-            found = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True)) if inputs else []
-            for i in range(len(wanted)):
-                dweights[i] = _add(dweights[i], found[i])
-            found = found[len(wanted):]
+            found = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
+            d_conv_in = found.pop() if conv_in is not None and conv_in.requires_grad else None
+            dconv_x = found.pop()
+            # in_proj by hand, its two output halves separately: (B * l, d_inner) each, rows of xz's positions.
+            dxz_x, dxz_z = (g.transpose(1, 2).reshape(-1, d_inner) for g in (dconv_x, dz))
+            h_rows = h.detach().reshape(-1, d_model)
+            if in_weight.requires_grad:
+                piece = torch.cat([dxz_x.t() @ h_rows, dxz_z.t() @ h_rows]).float()  # (2 * d_inner, d_model)
+                din_weight = _add(din_weight, piece)
+            if in_bias is not None and in_bias.requires_grad:
+                din_bias = _add(din_bias, torch.cat([dxz_x.float().sum(0), dxz_z.float().sum(0)]))
+            dh = torch.addmm(dxz_x @ in_weight_c[:d_inner], dxz_z, in_weight_c[d_inner:]).view_as(h)
+            del dconv_x, dz, dxz_x, dxz_z, h_rows
+            # RMSNorm, by autograd: to x and the norm weight.
+            norm_inputs = [t for t in (weights[0], x_piece) if t.requires_grad]
+            norm_grads = iter(torch.autograd.grad(h, norm_inputs, dh)) if norm_inputs else iter(())
+            dnorm_piece = next(norm_grads) if weights[0].requires_grad else None
             if x_piece.requires_grad:
-                dx[:, t0:t1] = dout[:, t0:t1] + found.pop(0)  # the residual's gradient plus the norm's
-            d_conv_in = found.pop(0) if conv_in is not None and conv_in.requires_grad else None
+                # The residual's gradient plus the norm's, written in place.
+                torch.add(dout[:, t0:t1], next(norm_grads), out=dx[:, t0:t1])
+            found = iter(([dnorm_piece] if weights[0].requires_grad else []) + found)  # in `wanted`'s order
+            for i in range(len(wanted)):
+                dweights[i] = _add(dweights[i], next(found))
             dA, dD, ddt_bias = _add(dA, dA_p), _add(dD, dD_p), _add(ddt_bias, ddt_bias_p)
             if first:
                 dconv_state, dssm_state = d_conv_in, d_state_in
             d_state_out, d_conv_out = d_state_in, d_conv_in
         found = iter(dweights)
-        dnorm, din_weight, din_bias, dconv_weight, dconv_bias, dx_proj, ddt_proj = (
+        dnorm, dconv_weight, dconv_bias, dx_proj, ddt_proj = (
             next(found) if w is not None and w.requires_grad else None for w in weights
         )
         return (dx, dnorm, din_weight, din_bias, dconv_weight, dconv_bias, dx_proj, ddt_proj, ddt_bias, dA, dD,

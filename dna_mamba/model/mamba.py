@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from dna_mamba.kernels import add_rms_norm, selective_scan
 from dna_mamba.model.config import DnaMambaConfig
-from dna_mamba.model.fused_block import mamba_block, pre_scan
+from dna_mamba.model.fused_block import mamba_block, pre_scan, split_xz
 
 
 @dataclass
@@ -123,10 +123,11 @@ class MambaMixer(nn.Module):
     def _inner_step_by_step(self, xz, A, conv_state, ssm_state):
         """in_proj output -> gated scan output, op by op (the CPU path, and the fused node's oracle)."""
         cfg = self.config
-        u, delta, b, c, z, conv_state = pre_scan(
-            xz, self.conv_weight, self.conv_bias, self.x_proj.weight, self.dt_proj.weight, conv_state, cfg.dt_rank,
+        x, z = split_xz(xz)  # (B, d_inner, L) each
+        u, delta, b, c, conv_state = pre_scan(
+            x, self.conv_weight, self.conv_bias, self.x_proj.weight, self.dt_proj.weight, conv_state, cfg.dt_rank,
             cfg.d_state, conv_backend="auto",
-        )  # (B, d_inner, L) for u, delta, z; (B, 1, N, L) for b, c; (B, d_inner, d_conv - 1)
+        )  # (B, d_inner, L) for u, delta; (B, 1, N, L) for b, c; (B, d_inner, d_conv - 1)
         y, ssm_state = selective_scan(
             u, delta, A, b, c, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
             initial_state=ssm_state, return_final_state=True,
