@@ -391,13 +391,27 @@ def _chunk_combine_kernel(
     else:
         x = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     n_updates = n_chunks if REVERSE else n_chunks - 1
+    # The loop is a chain of dependent updates, one per chunk, so each iteration's loads are issued one iteration
+    # ahead (masked off past the last update) to keep their latency off that chain.
+    c = (n_chunks - 1) if REVERSE else 0
+    row = b * (n_chunks + 1) + c
+    # Masks built on d's vector: a scalar condition in a load mask is not accepted by the interpreter.
+    more = (d < dim) & (d * 0 < n_updates)
+    dtsum_next = tl.load(dtsum_ptr + row * dim + d, mask=more, other=0.0)
+    loc_next = tl.load(loc_ptr + row * BLOCK_N * dim + n[:, None] * dim + d[None, :], mask=more[None, :], other=0.0)
     for i in range(n_chunks):
         c = (n_chunks - 1 - i) if REVERSE else i
         off = (b * (n_chunks + 1) + c) * BLOCK_N * dim + n[:, None] * dim + d[None, :]
         tl.store(out_ptr + off, x, mask=mask)
+        dtsum, loc = dtsum_next, loc_next
+        c_next = (n_chunks - 2 - i) if REVERSE else i + 1
+        row_next = b * (n_chunks + 1) + c_next
+        more = (d < dim) & (d * 0 + i + 1 < n_updates)
+        dtsum_next = tl.load(dtsum_ptr + row_next * dim + d, mask=more, other=0.0)
+        loc_next = tl.load(loc_ptr + row_next * BLOCK_N * dim + n[:, None] * dim + d[None, :], mask=more[None, :],
+                           other=0.0)
         if i < n_updates:
-            dtsum = tl.load(dtsum_ptr + (b * (n_chunks + 1) + c) * dim + d, mask=d < dim, other=0.0)
-            x = tl.exp2(A2 * dtsum[None, :]) * x + tl.load(loc_ptr + off, mask=mask, other=0.0)
+            x = tl.exp2(A2 * dtsum[None, :]) * x + loc
     if REVERSE:
         tl.store(last_ptr + b * dim * dstate + d[None, :] * dstate + n[:, None], x, mask=user_mask)
 
