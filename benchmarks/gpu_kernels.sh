@@ -5,7 +5,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-PARTS=${PARTS:-"tests block step longest rmsnorm scan"}  # also: compare (8 x 256 steps on the step-by-step mixer)
+PARTS=${PARTS:-"tests conv block step longest rmsnorm scan"}  # also: compare (8 x 256 steps on the step-by-step mixer)
 T0=$(date +%s)
 log() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -20,13 +20,19 @@ if has tests; then
     ${GPU_TESTS:-tests/kernels tests/test_fused_block.py tests/test_segments.py} > "$OUT/gpu_tests.log" 2>&1
   echo "gpu tests: $(tail -1 "$OUT/gpu_tests.log")" | tee -a "$summary"
 fi
+if has conv; then
+  log "conv1d"
+  timeout 60 python3 benchmarks/bench_conv1d.py 2>&1 | tee -a "$summary" | tail -8
+fi
 if has block; then
   log "block"
-  timeout 120 python3 benchmarks/bench_block.py 2>&1 | tee -a "$summary" | tail -6
+  timeout 150 python3 benchmarks/bench_block.py --piece-tokens 262144 131072 65536 2>&1 | tee -a "$summary" | tail -10
 fi
 if has step; then
   log "training step"
-  timeout 200 python3 benchmarks/bench_train_step.py 2>&1 | tee -a "$summary" | tail -14
+  timeout 200 python3 benchmarks/bench_train_step.py 2>&1 | tee -a "$summary" | tail -8
+  timeout 60 python3 benchmarks/bench_train_step.py --models 8x256 --piece-tokens 131072 65536 2>&1 \
+    | tee -a "$summary" | tail -2
 fi
 if has compare; then
   log "training step, step-by-step mixer"

@@ -162,6 +162,15 @@ GPU_TILES = {
 INTERPRETER_TILES = {"BLOCK_D": 16, "BLOCK_L_FWD": 128, "BLOCK_L_BWD": 128, "num_warps": 4}
 
 
+# The channel-last backward (_causal_conv1d_bwd_channel_last_kernel): T_TILE positions per tile, chunks of at
+# most MAX_CHUNK_TILES tiles. On a GPU BLOCK_D is 32 * num_warps, one channel per thread (see the layout note in
+# triton.py); T_TILE 8 keeps it near 100 registers (16: about 3% fewer instructions, 130-170 registers). The
+# interpreter has no lanes, and its narrower block makes the tests cross channel blocks. The kernel is compiled
+# once per set of time strides (the row widths of x, dout and dx), which a model keeps fixed.
+GPU_BWD_CHANNEL_LAST = {"T_TILE": 8, "num_warps": 4, "MAX_CHUNK_TILES": 512}
+INTERPRETER_BWD_CHANNEL_LAST = {"BLOCK_D": 16, "T_TILE": 8, "num_warps": 1, "MAX_CHUNK_TILES": 32}
+
+
 def _tile_config(x: torch.Tensor) -> dict[str, int]:
     if not x.is_cuda:
         cfg = INTERPRETER_TILES
@@ -170,17 +179,45 @@ def _tile_config(x: torch.Tensor) -> dict[str, int]:
     return {**cfg, "BLOCK_D": min(cfg["BLOCK_D"], next_power_of_2(x.shape[1]))}
 
 
-def _chunk_length(padded_len: int, block_l: int, programs_per_chunk: int, device: torch.device) -> int:
-    """Positions per backward program: long enough to amortise the dweight partial rows (at most 32
-    tiles each), short enough to give every SM about 8 programs."""
+def _channel_last_bwd_config(x: torch.Tensor, dout: torch.Tensor) -> dict[str, int] | None:
+    """Tiles of the channel-last backward, or None where it does not apply.
+
+    It needs unit channel strides (dx and the state buffers follow x's layout, so x and dout decide; a single
+    channel has any stride) and dx offsets within a tile that fit int32 (dx's time stride is dim).
+    """
+    dim = x.shape[1]
+    if not (_is_channels_last(x) and (dout.stride(1) == 1 or dim == 1)):
+        return None
+    if x.is_cuda:
+        cfg = GPU_BWD_CHANNEL_LAST
+        # Fewer warps for narrow tensors rather than masked lanes; a warp still needs 32 channels, one per lane.
+        num_warps = max(1, min(cfg["num_warps"], next_power_of_2(dim) // 32))
+        cfg = {**cfg, "BLOCK_D": 32 * num_warps, "num_warps": num_warps}
+    else:
+        cfg = INTERPRETER_BWD_CHANNEL_LAST
+        cfg = {**cfg, "BLOCK_D": min(cfg["BLOCK_D"], next_power_of_2(dim))}
+    if cfg["T_TILE"] * dim + dim >= 2**31:
+        return None
+    return cfg
+
+
+def _chunk_length(
+    padded_len: int, block_l: int, programs_per_chunk: int, device: torch.device, max_tiles: int = 32
+) -> int:
+    """Positions per backward program: long enough to amortise the dweight partial rows (at most
+    max_tiles tiles each), short enough to give every SM about 8 programs."""
     tiles = -(-padded_len // block_l)
     wanted_chunks = -(-8 * (cuda_sm_count(device) if device.type == "cuda" else 1) // programs_per_chunk)
-    tiles_per_chunk = max(1, min(32, tiles // wanted_chunks))
+    tiles_per_chunk = max(1, min(max_tiles, tiles // wanted_chunks))
     return tiles_per_chunk * block_l
 
 
 def _state_strides(state: torch.Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if state is None else state.stride()
+
+
+def _batch_time_strides(state: torch.Tensor | None) -> tuple[int, int]:
+    return (0, 0) if state is None else (state.stride(0), state.stride(2))
 
 
 def _forward(
@@ -223,15 +260,20 @@ def _backward(
     dfinal_state: torch.Tensor | None,
     silu: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    from .triton import _causal_conv1d_bwd_kernel
+    from .triton import _causal_conv1d_bwd_channel_last_kernel, _causal_conv1d_bwd_kernel
 
     batch, dim, seqlen = x.shape
     width = weight.shape[1]
-    cfg = _tile_config(x)
-    block_l = cfg["BLOCK_L_BWD"]
+    cfg = _channel_last_bwd_config(x, dout)
+    channel_last = cfg is not None
+    if channel_last:
+        block_l, max_tiles = cfg["T_TILE"], cfg["MAX_CHUNK_TILES"]
+    else:
+        cfg = _tile_config(x)
+        block_l, max_tiles = cfg["BLOCK_L_BWD"], 32
     n_dblocks = -(-dim // cfg["BLOCK_D"])
     padded_len = seqlen + width - 1
-    chunk_len = _chunk_length(padded_len, block_l, n_dblocks * batch, x.device)
+    chunk_len = _chunk_length(padded_len, block_l, n_dblocks * batch, x.device, max_tiles)
     n_chunks = -(-padded_len // chunk_len)
 
     dx = _buffer_like_layout(x)
@@ -240,18 +282,37 @@ def _backward(
     dstate = None if initial_state is None else _state_buffer(x, width, initial_state.dtype)
     dweight_partial = _new_buffer((batch * n_chunks, dim, width), torch.float32, x.device)
     dbias_partial = _new_buffer((batch * n_chunks, dim), torch.float32, x.device)
-    _causal_conv1d_bwd_kernel[(n_chunks, n_dblocks, batch)](
+    # Absent optional tensors are replaced by x, dout or dx as never-dereferenced placeholder pointers.
+    pointers = (
         x, weight, x if bias is None else bias, x if initial_state is None else initial_state,
         dout, dout if dfinal_state is None else dfinal_state, dx, dx if dstate is None else dstate,
         dweight_partial, dbias_partial,
-        seqlen, dim, n_chunks, chunk_len,
-        *x.stride(), *weight.stride(), 0 if bias is None else bias.stride(0),
-        *_state_strides(initial_state), *dout.stride(), *_state_strides(dfinal_state),
-        *dx.stride(), *_state_strides(dstate),
-        WIDTH=width, HAS_BIAS=bias is not None, HAS_INITIAL_STATE=initial_state is not None,
-        HAS_DFINAL_STATE=dfinal_state is not None, SILU=silu,
-        BLOCK_D=cfg["BLOCK_D"], BLOCK_L=block_l, num_warps=cfg["num_warps"],
     )  # fmt: skip
+    meta = {
+        "WIDTH": width, "HAS_BIAS": bias is not None, "HAS_INITIAL_STATE": initial_state is not None,
+        "HAS_DFINAL_STATE": dfinal_state is not None, "SILU": silu, "BLOCK_D": cfg["BLOCK_D"],
+        "num_warps": cfg["num_warps"],
+    }  # fmt: skip
+    bias_stride = 0 if bias is None else bias.stride(0)
+    if channel_last:
+        # Every channel stride is 1 (checked by _channel_last_bwd_config): only batch and time strides go in.
+        _causal_conv1d_bwd_channel_last_kernel[(n_dblocks, n_chunks, batch)](
+            *pointers,
+            seqlen, dim, n_chunks, chunk_len, 0,
+            x.stride(0), *weight.stride(), bias_stride, *_batch_time_strides(initial_state),
+            dout.stride(0), *_batch_time_strides(dfinal_state), dx.stride(0), *_batch_time_strides(dstate),
+            stride_x_l=x.stride(2), stride_dout_l=dout.stride(2), stride_dx_l=dx.stride(2),
+            EVEN_D=dim % cfg["BLOCK_D"] == 0, FAST_MATH=x.is_cuda, T_TILE=block_l, **meta,
+        )  # fmt: skip
+    else:
+        _causal_conv1d_bwd_kernel[(n_chunks, n_dblocks, batch)](
+            *pointers,
+            seqlen, dim, n_chunks, chunk_len,
+            *x.stride(), *weight.stride(), bias_stride,
+            *_state_strides(initial_state), *dout.stride(), *_state_strides(dfinal_state),
+            *dx.stride(), *_state_strides(dstate),
+            BLOCK_L=block_l, **meta,
+        )  # fmt: skip
     # A plain sum over the partial rows: fixed order, so dweight and dbias are bitwise reproducible.
     dweight = dweight_partial.sum(dim=0).to(weight.dtype)
     dbias = None if bias is None else dbias_partial.sum(dim=0).to(bias.dtype)

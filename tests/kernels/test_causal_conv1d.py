@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 from dna_mamba.kernels import causal_conv1d  # noqa: E402
 from dna_mamba.kernels.causal_conv1d import causal_conv1d_ref  # noqa: E402
 from dna_mamba.kernels.causal_conv1d import interface as conv_interface  # noqa: E402
+from dna_mamba.kernels.causal_conv1d import triton as conv_triton  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -61,6 +62,10 @@ def make_x(batch, dim, seqlen, dtype, layout, device=DEVICE):
         return torch.randn(batch, dim, seqlen, device=device).to(dtype)
     if layout == "channels_last":  # the model's case: a channel slice of a (B, L, 2D) projection, transposed
         return torch.randn(batch, seqlen, 2 * dim, device=device).to(dtype)[:, :, :dim].transpose(1, 2)
+    if layout == "channels_last_dense":  # a whole (B, L, D) tensor, transposed
+        return torch.randn(batch, seqlen, dim, device=device).to(dtype).transpose(1, 2)
+    if layout == "channels_last_nan_guarded":  # channels last, NaN around it along both channels and time
+        return _nan_guarded_channels_last(torch.randn(batch, seqlen, dim, device=device).to(dtype))
     if layout == "strided":  # neither axis contiguous
         return torch.randn(batch, 2 * dim, 2 * seqlen, device=device).to(dtype)[:, ::2, ::2]
     if layout == "nan_guarded":  # NaN on both sides of every row: a read outside x poisons the results
@@ -74,6 +79,15 @@ def _nan_guarded(values, guard=8):
     buffer = buffer.to(values.device)
     buffer[..., guard:-guard] = values
     return buffer[..., guard:-guard]
+
+
+def _nan_guarded_channels_last(values, guard=8):
+    """(B, L, D) values copied into the middle of a NaN-filled (B, L + 2g, D + 2g) buffer; the (B, D, L) view."""
+    batch, seqlen, dim = values.shape
+    buffer = torch.full((batch, seqlen + 2 * guard, dim + 2 * guard), float("nan"), dtype=values.dtype)
+    buffer = buffer.to(values.device)
+    buffer[:, guard:-guard, guard:-guard] = values
+    return buffer[:, guard:-guard, guard:-guard].transpose(1, 2)
 
 
 def assert_close(actual, expected, dtype, name):
@@ -97,13 +111,17 @@ def check_against_naive(
     dtype=torch.float32,
     param_dtype=None,
     layout="contiguous",
+    dout_layout=None,
     has_bias=True,
     silu=True,
     has_state=True,
     final_grad=True,
     device=DEVICE,
 ):
-    """Runs the Triton path forward and backward with random upstream gradients; compares everything."""
+    """Runs the Triton path forward and backward with random upstream gradients; compares everything.
+
+    dout is channels-last (the model's case) unless dout_layout says otherwise; NaN-guarded x gets a guarded dout.
+    """
     param_dtype = param_dtype or dtype
     x = make_x(batch, dim, seqlen, dtype, layout, device).requires_grad_()
     # Non-contiguous weight, as a (dim, 1, width) conv weight squeezed or transposed storage would give.
@@ -114,9 +132,15 @@ def check_against_naive(
         state = torch.randn(batch, width - 1, dim, device=device).to(dtype).transpose(1, 2).requires_grad_()
 
     out, final = causal_conv1d(x, weight, bias, "silu" if silu else None, state, True, backend="triton")
+    if dout_layout is None:
+        dout_layout = layout if layout in ("nan_guarded", "channels_last_nan_guarded") else "channels_last"
     dout = torch.randn(batch, seqlen, dim, device=device).to(dtype).transpose(1, 2)  # strided upstream gradient
-    if layout == "nan_guarded":
+    if dout_layout == "contiguous":
+        dout = dout.contiguous()
+    elif dout_layout == "nan_guarded":
         dout = _nan_guarded(dout.contiguous())
+    elif dout_layout == "channels_last_nan_guarded":
+        dout = _nan_guarded_channels_last(dout.transpose(1, 2))
     dfinal = torch.randn_like(final) if final_grad else torch.zeros_like(final)
     inputs = [t for t in (x, weight, bias, state) if t is not None]
     loss = (out.float() * dout.float()).sum() + ((final.float() * dfinal.float()).sum() if final_grad else 0.0)
@@ -175,11 +199,12 @@ def test_matches_naive_strided_inputs(layout):
     check_against_naive(seqlen=300, width=3, dim=12, layout=layout)
 
 
+@pytest.mark.parametrize("layout", ["nan_guarded", "channels_last_nan_guarded"])
 @pytest.mark.parametrize("seqlen,width", [(2, 4), (63, 2), (128, 4)])
-def test_reads_stay_inside_x_and_dout(seqlen, width):
+def test_reads_stay_inside_x_and_dout(seqlen, width, layout):
     # Masked-off lanes multiply by zero, so an out-of-range read of finite memory would go unnoticed;
-    # NaN guard bands make it fail (0 * NaN = NaN).
-    check_against_naive(seqlen=seqlen, width=width, dim=5, layout="nan_guarded")
+    # NaN guard bands make it fail (0 * NaN = NaN). Channels-last, the bands are along channels and time.
+    check_against_naive(seqlen=seqlen, width=width, dim=5, layout=layout)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
@@ -187,7 +212,97 @@ def test_cuda_tile_table_under_interpreter(layout, monkeypatch):
     """The GPU block sizes (16- to 512-wide tiles) on CPU too, so the interpreter covers what the GPU runs."""
     table = conv_interface.GPU_TILES["channels_last" if layout == "channels_last" else "sequence_contiguous"]
     monkeypatch.setattr(conv_interface, "INTERPRETER_TILES", table)
+    bwd = conv_interface.GPU_BWD_CHANNEL_LAST
+    monkeypatch.setattr(conv_interface, "INTERPRETER_BWD_CHANNEL_LAST", {**bwd, "BLOCK_D": 32 * bwd["num_warps"]})
     check_against_naive(seqlen=131, width=4, dim=70, layout=layout, batch=1)
+
+
+class _MustNotLaunch:
+    """Stands in for a kernel that the layout under test must not use."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __getitem__(self, grid):
+        raise AssertionError(f"{self.name} was launched")
+
+
+@pytest.fixture
+def channel_last_grids(monkeypatch):
+    """Makes the backward take the channel-last kernel (the general one fails the test); the launch grids."""
+    grids = []
+    kernel = conv_triton._causal_conv1d_bwd_channel_last_kernel
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(conv_triton, "_causal_conv1d_bwd_channel_last_kernel", Recorder())
+    monkeypatch.setattr(conv_triton, "_causal_conv1d_bwd_kernel", _MustNotLaunch("the general backward kernel"))
+    return grids
+
+
+# Around the channel-last backward's 8-position CPU tiles and its 2 * (width - 1)-position warm-up; 1 and 2 are
+# shorter than the state. Every width runs with every length, the features rotate through all 16 combinations,
+# and batch, dim and the way x is laid out rotate too: dims that leave the last 16-channel CPU block partly
+# masked, and 1 and 16, which fill their blocks (EVEN_D).
+CHANNEL_LAST_LENGTHS = [1, 2, 3, 5, 63, 130, 257]
+
+
+@pytest.mark.parametrize("seqlen", CHANNEL_LAST_LENGTHS)
+@pytest.mark.parametrize("width", [2, 3, 4])
+def test_channel_last_backward_matches_naive(seqlen, width, channel_last_grids):
+    case = CHANNEL_LAST_LENGTHS.index(seqlen) * 3 + width
+    has_bias, silu, has_state, final_grad = _FLAGS[(case * 7) % len(_FLAGS)]
+    batch = 1 + case % 2
+    dim = [1, 5, 20, 37, 16][case % 5] if seqlen <= 63 else [5, 20, 16][case % 3]
+    # A dense (B, L, 1) tensor transposed is contiguous as well, and takes the general kernel.
+    layout = "channels_last" if dim == 1 else ["channels_last", "channels_last_dense"][(case // 2) % 2]
+    check_against_naive(
+        batch=batch, seqlen=seqlen, width=width, dim=dim, layout=layout,
+        has_bias=has_bias, silu=silu, has_state=has_state, final_grad=final_grad,
+    )  # fmt: skip
+    (grid,) = channel_last_grids
+    if seqlen + width - 1 > conv_interface.INTERPRETER_BWD_CHANNEL_LAST["T_TILE"]:
+        assert grid[1] > 1, "the sequence should span several chunks"
+
+
+@pytest.mark.parametrize("width", [2, 3, 4])
+def test_channel_last_backward_tiny_chunks(width, monkeypatch, channel_last_grids):
+    """Chunks of one 2-position tile: each warm-up reaches back over several chunks, and into the initial state."""
+    tiles = {"BLOCK_D": 16, "T_TILE": 2, "num_warps": 1, "MAX_CHUNK_TILES": 1}
+    monkeypatch.setattr(conv_interface, "INTERPRETER_BWD_CHANNEL_LAST", tiles)
+    seqlen = 13
+    check_against_naive(batch=2, seqlen=seqlen, width=width, dim=20, layout="channels_last")
+    assert channel_last_grids[0][1] == -(-(seqlen + width - 1) // 2)
+
+
+def test_channel_last_backward_with_dout_broadcast_over_time(channel_last_grids):
+    """dout with time stride 0 (one value per channel, expanded) still has unit channel stride: the kernel
+    reads it in place, and its constexpr time stride is 0."""
+    batch, dim, seqlen, width = 2, 20, 37, 4
+    x = make_x(batch, dim, seqlen, torch.float32, "channels_last").requires_grad_()
+    weight = torch.randn(dim, width, device=DEVICE, requires_grad=True)
+    bias = torch.randn(dim, device=DEVICE, requires_grad=True)
+    state = torch.randn(batch, dim, width - 1, device=DEVICE, requires_grad=True)
+    dout = torch.randn(batch, dim, 1, device=DEVICE).expand(batch, dim, seqlen)
+    out = causal_conv1d(x, weight, bias, "silu", state, backend="triton")
+    grads = torch.autograd.grad(out, (x, weight, bias, state), dout)
+
+    ref_inputs = [t.detach().cpu().double().requires_grad_() for t in (x, weight, bias, state)]
+    ref_out, _ = naive_causal_conv1d(*ref_inputs, silu=True)
+    ref_grads = torch.autograd.grad(ref_out, ref_inputs, dout.cpu().double())
+    assert len(channel_last_grids) == 1
+    for name, grad, ref_grad in zip(["dx", "dweight", "dbias", "dinitial_state"], grads, ref_grads, strict=True):
+        assert_close(grad, ref_grad, torch.float32, name)
+
+
+def test_channel_last_x_with_other_dout_takes_general_backward(monkeypatch):
+    # The channel-last kernel needs dout with unit channel stride too; any other dout is still exact.
+    kernel = _MustNotLaunch("the channel-last backward kernel")
+    monkeypatch.setattr(conv_triton, "_causal_conv1d_bwd_channel_last_kernel", kernel)
+    check_against_naive(seqlen=63, width=4, dim=20, layout="channels_last", dout_layout="contiguous")
 
 
 @pytest.mark.parametrize(
