@@ -8,8 +8,8 @@ start state to the previous segment. Gradients are exact (the scan and conv kern
 ``initial_state`` and ``final_state``), at the cost of a second forward.
 
 Memory: activations of one segment plus ``n_segments x n_layer`` states of ``B x d_inner x (d_conv - 1 + d_state)``
-numbers, instead of activations for the whole sequence. Combine with ``model.gradient_checkpointing`` to keep one
-layer's activations of one segment.
+numbers, instead of activations for the whole sequence. On CUDA each fused block of a segment keeps only its input;
+on the step-by-step path, ``model.gradient_checkpointing`` does the same.
 """
 
 from __future__ import annotations
