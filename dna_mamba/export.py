@@ -9,7 +9,7 @@ import torch
 from dna_mamba.model import DnaMambaConfig, DnaMambaLM, save_pretrained
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, extra_metadata: dict | None = None) -> Path:
     """Write ``config.json`` + ``model.safetensors`` for the model inside a Lightning ``.ckpt``.
 
     Works for any dna_mamba LightningModule that stores ``model_config`` in its hyperparameters and the
@@ -26,5 +26,5 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     model = DnaMambaLM(DnaMambaConfig.from_dict(hparams["model_config"]))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state, strict=True)
-    return save_pretrained(model, out_dir, extra_metadata={"exported_from": checkpoint.name,
-                                                           "global_step": ckpt.get("global_step")})
+    metadata = {"exported_from": checkpoint.name, "global_step": ckpt.get("global_step"), **(extra_metadata or {})}
+    return save_pretrained(model, out_dir, extra_metadata=metadata)

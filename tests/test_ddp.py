@@ -67,3 +67,32 @@ def test_two_process_ddp_on_cpu(tmp_path):
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
+
+
+def test_gradient_clipping_under_fsdp_uses_the_sharded_models_norm(monkeypatch):
+    """Lightning's FSDP precision plugin refuses clipping by norm; the modules clip through FSDP's clip_grad_norm_
+    instead, and leave every other strategy to Lightning."""
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    from dna_mamba.lit.pretrain import PretrainModule
+    from dna_mamba.lit.species import SpeciesModule
+    from dna_mamba.model import DnaMambaConfig
+
+    calls = []
+
+    class ShardedModel:
+        def clip_grad_norm_(self, max_norm):
+            calls.append(("fsdp", max_norm))
+
+    for module_cls in (PretrainModule, SpeciesModule):
+        for strategy, expected in ((FSDPStrategy(), ("fsdp", 0.5)), (DDPStrategy(), ("lightning", 0.5, "norm"))):
+            calls.clear()
+            monkeypatch.setattr(type(strategy), "model", property(lambda self: ShardedModel()), raising=False)
+            trainer = type("Trainer", (), {"strategy": strategy})()
+            monkeypatch.setattr(module_cls, "trainer", property(lambda self, t=trainer: t))
+            monkeypatch.setattr(module_cls, "clip_gradients",
+                                lambda self, opt, val, algo: calls.append(("lightning", val, algo)))
+            kwargs = {"classes": ["a", "b"]} if module_cls is SpeciesModule else {}
+            module = module_cls(DnaMambaConfig(d_model=8, n_layer=1, d_state=2), **kwargs)
+            module.configure_gradient_clipping(None, 0.5, "norm")
+            assert calls == [expected], (module_cls.__name__, calls)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import FSDPStrategy
 
 from dna_mamba.model import DnaMambaConfig, DnaMambaLM
 from dna_mamba.model.segments import segmented_lm_loss
@@ -175,6 +176,20 @@ class PretrainModule(L.LightningModule):
 
     def configure_optimizers(self):
         return adamw_cosine(self.model.param_groups(self.optim.weight_decay), self.optim, self.trainer, self.device)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+def clip_gradients(module: L.LightningModule, optimizer, gradient_clip_val, gradient_clip_algorithm) -> None:
+    """Lightning's gradient clipping, except under FSDP with clipping by norm, which Lightning's FSDP precision plugin
+    refuses (`trainer.gradient_clip_val` would stop `trainer=fsdp` at its first step): there the sharded model's own
+    ``clip_grad_norm_`` clips by the norm over every rank's shards."""
+    strategy = module.trainer.strategy
+    if gradient_clip_val and isinstance(strategy, FSDPStrategy) and gradient_clip_algorithm in (None, "norm"):
+        strategy.model.clip_grad_norm_(gradient_clip_val)
+        return
+    module.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
 def adamw_cosine(param_groups: list[dict], opt: OptimConfig, trainer: L.Trainer, device: torch.device) -> dict:

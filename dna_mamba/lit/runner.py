@@ -16,7 +16,9 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
 
+from dna_mamba.export import export_checkpoint
 from dna_mamba.lit.callbacks import EpochSeeder, ThroughputMonitor
 from dna_mamba.lit.checkpoint_io import AtomicCheckpointIO
 from dna_mamba.lit.datamodule import GenomeDataConfig, GenomeDataModule
@@ -223,8 +225,16 @@ def run_pretraining(
     if trainer_config.fast_dev_run:
         return summary
 
-    results = trainer.validate(module, datamodule=datamodule, verbose=False)
-    summary["val_bits_per_base"] = float(results[0]["val/bits_per_base"]) if results else float("nan")
+    # FSDP leaves the module's parameters as flat shards after fit, which a plain validate or export would read as
+    # the model. There the last validation of the run stands for the final one, and the model is exported from the
+    # last checkpoint, which Lightning writes unsharded.
+    sharded = isinstance(trainer.strategy, FSDPStrategy)
+    if sharded:
+        last_val = trainer.callback_metrics.get("val/bits_per_base")
+        summary["val_bits_per_base"] = float(last_val) if last_val is not None else float("nan")
+    else:
+        results = trainer.validate(module, datamodule=datamodule, verbose=False)
+        summary["val_bits_per_base"] = float(results[0]["val/bits_per_base"]) if results else float("nan")
     if run_baseline and trainer.is_global_zero:
         baseline = markov_baseline_bits(datamodule)
         summary["markov_order"] = baseline["order"]
@@ -237,11 +247,13 @@ def run_pretraining(
                                      f"order-{summary.get('markov_order')} Markov")
             )
         if export:
-            module.model.float()
-            model_dir = save_pretrained(module.model, out_dir / "model", extra_metadata={
-                "val_bits_per_base": summary["val_bits_per_base"], "global_step": trainer.global_step,
-                "data": asdict(data_config), "seq_len": plan.seq_len,
-            })
+            metadata = {"val_bits_per_base": summary["val_bits_per_base"], "global_step": trainer.global_step,
+                        "data": asdict(data_config), "seq_len": plan.seq_len}
+            if sharded:
+                model_dir = export_checkpoint(checkpoint.last_model_path, out_dir / "model", metadata)
+            else:
+                module.model.float()
+                model_dir = save_pretrained(module.model, out_dir / "model", extra_metadata=metadata)
             summary["model_dir"] = str(model_dir)
         tmp = out_dir / f".summary.json.tmp-{os.getpid()}"
         tmp.write_text(json.dumps(summary, indent=2) + "\n")

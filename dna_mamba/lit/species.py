@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from dna_mamba.lit.pretrain import OptimConfig, adamw_cosine
+from dna_mamba.lit.pretrain import OptimConfig, adamw_cosine, clip_gradients
 from dna_mamba.model import DnaMambaConfig, DnaMambaLM
 from dna_mamba.species.dataset import BalancedWindowDataset, EvalWindowDataset, SpeciesDataset
 from dna_mamba.species.kmer import MAX_K
@@ -170,6 +170,9 @@ class SpeciesModule(L.LightningModule):
         groups += [{"params": head_decay, "weight_decay": opt.weight_decay}, {"params": head_bias,
                                                                               "weight_decay": 0.0}]
         return adamw_cosine(groups, opt, self.trainer, self.device)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
 class SpeciesDataModule(L.LightningDataModule):
