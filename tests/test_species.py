@@ -173,3 +173,13 @@ def test_memory_settings_checkpoint_blocks_and_refuse_segments(monkeypatch) -> N
     assert not module.model.gradient_checkpointing
     with pytest.raises(ValueError, match="segment_len=256 is not supported by task=species"):
         apply_memory_settings(module, TrainerConfig(segment_len=256), seq_len=1024)
+
+
+def test_fsdp_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from dna_mamba.lit.runner import TrainerConfig
+    from dna_mamba.lit.species_run import run_species
+
+    config = TrainerConfig(strategy="fsdp", out_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="trainer=fsdp is not supported by task=species; use trainer=ddp"):
+        run_species(None, None, config, seq_len=1024)
+    assert not (tmp_path / "run").exists()

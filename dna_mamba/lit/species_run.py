@@ -143,6 +143,10 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
     Returns:
         The ``results.json`` dict.
     """
+    if trainer_config.strategy == "fsdp":
+        # After fit FSDP leaves the parameters as flat shards, which the test pass and the export would read as the
+        # model; a classifier's backbone fits one GPU, so data parallelism is what a bigger run needs.
+        raise ValueError("trainer=fsdp is not supported by task=species; use trainer=ddp for several GPUs")
     out_dir = Path(trainer_config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
