@@ -15,6 +15,7 @@ Index maths is int64 throughout: a (1, 2048, 2^20) tensor already has 2^31 eleme
 
 import triton
 import triton.language as tl
+from dna_mamba.kernels._ptx import ptx_ex2, ptx_rcp
 
 # Tile width for the (width - 1)-long state vectors; width <= 4, so 4 covers every case.
 STATE_BLOCK = tl.constexpr(4)
@@ -137,6 +138,25 @@ def _causal_conv1d_fwd_kernel(
 
 
 @triton.jit
+def _load_taps(weight_ptr, bias_ptr, d, mask_d, stride_w_d, stride_w_k, stride_bias, WIDTH: tl.constexpr,
+               HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The bias and the WIDTH taps of channels d as fp32 (BLOCK_D,) vectors, once per backward program; the bias
+    without HAS_BIAS and the taps past WIDTH are zero (the callers never use those taps)."""
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d * stride_bias, mask=mask_d, other=0.0).to(tl.float32)
+    w0 = tl.load(weight_ptr + d * stride_w_d, mask=mask_d, other=0.0).to(tl.float32)
+    w1 = tl.load(weight_ptr + d * stride_w_d + stride_w_k, mask=mask_d, other=0.0).to(tl.float32)
+    w2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    w3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if WIDTH > 2:
+        w2 = tl.load(weight_ptr + d * stride_w_d + 2 * stride_w_k, mask=mask_d, other=0.0).to(tl.float32)
+    if WIDTH > 3:
+        w3 = tl.load(weight_ptr + d * stride_w_d + 3 * stride_w_k, mask=mask_d, other=0.0).to(tl.float32)
+    return bias, w0, w1, w2, w3
+
+
+@triton.jit
 def _causal_conv1d_bwd_kernel(
     # pointers
     x_ptr,
@@ -211,18 +231,8 @@ def _causal_conv1d_bwd_kernel(
     state_base = initial_state_ptr + pid_b * stride_state_b
     dout_base = dout_ptr + pid_b * stride_dout_b
 
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + offs_d * stride_bias, mask=mask_d, other=0.0).to(tl.float32)
-    # The taps, loaded once per program; taps past WIDTH stay zero and are never used.
-    w0 = tl.load(weight_ptr + offs_d * stride_w_d, mask=mask_d, other=0.0).to(tl.float32)
-    w1 = tl.load(weight_ptr + offs_d * stride_w_d + stride_w_k, mask=mask_d, other=0.0).to(tl.float32)
-    w2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    w3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if WIDTH > 2:
-        w2 = tl.load(weight_ptr + offs_d * stride_w_d + 2 * stride_w_k, mask=mask_d, other=0.0).to(tl.float32)
-    if WIDTH > 3:
-        w3 = tl.load(weight_ptr + offs_d * stride_w_d + 3 * stride_w_k, mask=mask_d, other=0.0).to(tl.float32)
+    bias, w0, w1, w2, w3 = _load_taps(weight_ptr, bias_ptr, offs_d, mask_d, stride_w_d, stride_w_k, stride_bias,
+                                      WIDTH, HAS_BIAS, BLOCK_D)
     # Elementwise partial sums of dweight[:, k] (dw_k) and dbias, reduced over L once per chunk: a
     # cross-thread reduction per tile would cost more than the multiply-adds themselves.
     dw0 = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
@@ -336,18 +346,6 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
-def _ex2_approx(x):
-    """2^x by the hardware's approximation, denormals flushed: 1 instruction where tl.exp2 adds 3 to keep them."""
-    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _rcp_approx(x):
-    """1 / x by the hardware's approximation (1 ulp); an IEEE division is about ten instructions."""
-    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
 def _walk_tile(
     x_ptrs,
     dout_ptrs,
@@ -415,7 +413,7 @@ def _walk_tile(
             if WIDTH > 3:
                 pre += tap_lag3 * x_m3
             if FAST_MATH:
-                sig = _rcp_approx(1.0 + _ex2_approx(pre * -LOG2E))
+                sig = ptx_rcp(1.0 + ptx_ex2(pre * -LOG2E))
             else:
                 sig = 1.0 / (1.0 + tl.exp(-pre))
             dp = dp * sig * (1.0 + pre * (1.0 - sig))
@@ -528,18 +526,8 @@ def _causal_conv1d_bwd_channel_last_kernel(
     dout_base = dout_ptr + pid_b * stride_dout_b
     state_base = initial_state_ptr + pid_b * stride_state_b
 
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d * stride_bias, mask=mask_d, other=0.0).to(tl.float32)
-    # The taps, loaded once per program; taps past WIDTH stay zero and are never used.
-    w0 = tl.load(weight_ptr + d * stride_w_d, mask=mask_d, other=0.0).to(tl.float32)
-    w1 = tl.load(weight_ptr + d * stride_w_d + stride_w_k, mask=mask_d, other=0.0).to(tl.float32)
-    w2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    w3 = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if WIDTH > 2:
-        w2 = tl.load(weight_ptr + d * stride_w_d + 2 * stride_w_k, mask=mask_d, other=0.0).to(tl.float32)
-    if WIDTH > 3:
-        w3 = tl.load(weight_ptr + d * stride_w_d + 3 * stride_w_k, mask=mask_d, other=0.0).to(tl.float32)
+    bias, w0, w1, w2, w3 = _load_taps(weight_ptr, bias_ptr, d, mask_d, stride_w_d, stride_w_k, stride_bias,
+                                      WIDTH, HAS_BIAS, BLOCK_D)
     # As in _walk_tile: tap_lag_r multiplies x[s - r] in pre[s].
     tap_lag0 = w1 if WIDTH == 2 else (w2 if WIDTH == 3 else w3)
     tap_lag1 = w0 if WIDTH == 2 else (w1 if WIDTH == 3 else w2)
@@ -576,7 +564,7 @@ def _causal_conv1d_bwd_channel_last_kernel(
                     pre += tap_lag3 * x_m3
                 # The same arithmetic as _walk_tile, so a chunk's carried values equal its predecessor's.
                 if FAST_MATH:
-                    sig = _rcp_approx(1.0 + _ex2_approx(pre * -LOG2E))
+                    sig = ptx_rcp(1.0 + ptx_ex2(pre * -LOG2E))
                 else:
                     sig = 1.0 / (1.0 + tl.exp(-pre))
                 dp = dp * sig * (1.0 + pre * (1.0 - sig))

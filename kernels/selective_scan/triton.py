@@ -30,6 +30,7 @@ Pointer offsets are int64 throughout: batch * dim * L crosses 2^31 at 1M tokens.
 
 import triton
 import triton.language as tl
+from dna_mamba.kernels._ptx import ptx_lg2, ptx_rcp
 
 LN2 = tl.constexpr(0.6931471805599453)
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -58,16 +59,6 @@ def _chan(d, zero, stride, CHANNEL_LAST: tl.constexpr):
 
 
 @triton.jit
-def _ptx_lg2(x):
-    return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _ptx_rcp(x):
-    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
 def _softplus(x, FAST_MATH: tl.constexpr):
     """softplus(x) = log1p(exp(x)), accurate to a few fp32 ulps.
 
@@ -80,7 +71,7 @@ def _softplus(x, FAST_MATH: tl.constexpr):
     if FAST_MATH:
         e = tl.exp2(tl.minimum(x, 20.0) * LOG2E)
         series = e * (1.0 + e * (-0.5 + e * (0.3333333333333333 + e * (-0.25 + e * 0.2))))
-        log1p = tl.where(e < 0.0625, series, _ptx_lg2(1.0 + e) * LN2)
+        log1p = tl.where(e < 0.0625, series, ptx_lg2(1.0 + e) * LN2)
     else:
         e = tl.exp(tl.minimum(x, 20.0))
         w = 1.0 + e
@@ -93,7 +84,7 @@ def _sigmoid(x, FAST_MATH: tl.constexpr):
     """FAST_MATH (a GPU): 1 / (1 + 2^(-x log2 e)) with the approximate exp2 and reciprocal, 4 instructions where
     tl.sigmoid takes 12 (exp with its denormal handling, an IEEE division)."""
     if FAST_MATH:
-        return _ptx_rcp(1.0 + tl.exp2(x * -LOG2E))
+        return ptx_rcp(1.0 + tl.exp2(x * -LOG2E))
     else:
         return tl.sigmoid(x)
 
