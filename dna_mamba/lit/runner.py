@@ -73,7 +73,8 @@ class TrainerConfig:
     deterministic: bool = False
     # Memory savers for long contexts (see PretrainModule); both recompute in the backward and give exact gradients.
     segment_len: int | None = None  # positions per checkpointed segment; None: the whole window in one pass
-    activation_checkpointing: bool = False  # recompute each block's activations in the backward
+    # Recompute each step-by-step block (the CPU path) in the backward; fused blocks keep only their input anyway.
+    activation_checkpointing: bool = False
     # Tokens per piece of the fused block's forward and backward on CUDA (dna_mamba.model.fused_block): smaller
     # pieces, less working memory per layer for a little speed; None: one piece.
     piece_tokens: int | None = 262144

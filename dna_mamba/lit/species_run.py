@@ -105,7 +105,7 @@ def backbone_config(init_from: str | None, model_config: DnaMambaConfig | None) 
 
 
 def apply_memory_settings(module: SpeciesModule, trainer_config: TrainerConfig, seq_len: int) -> None:
-    """Per-block activation checkpointing and the backward's piece size as configured; segment checkpointing is
+    """Per-block activation checkpointing and the fused block's piece size as configured; segment checkpointing is
     refused, not ignored.
 
     The classification loss reads the hidden states of the whole window (the last token, or all of them for
