@@ -183,6 +183,64 @@ def test_model_with_fused_blocks_matches_step_by_step_path():
         torch.testing.assert_close(grads_f[name], grads_r[name], rtol=1e-3, atol=1e-5, msg=name)
 
 
+def test_reused_input_buffer_receives_the_input_gradient():
+    """reuse_input: the backward writes dx over the block's input (an intermediate of the caller's), piece by
+    piece, and the gradients are those of a separate buffer."""
+    from dna_mamba.model import fused_block
+
+    block = _block()
+    block.fused = True
+    leaf = torch.randn(2, 40, 12, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    dout = torch.randn(2, 40, 12, generator=torch.Generator().manual_seed(2))
+    results = []
+    for reuse in (False, True):
+        block.zero_grad(set_to_none=True)
+        leaf.grad = None
+        x = leaf * 1.5  # the block's input, a tensor nobody else reads
+        fused_block.PIECE_TOKENS, old = 24, fused_block.PIECE_TOKENS  # 4 pieces of 12 steps at batch 2
+        try:
+            out, _ = block(x, reuse_input=reuse)
+            (out * dout).sum().backward()
+        finally:
+            fused_block.PIECE_TOKENS = old
+        results.append((leaf.grad.clone(), {n: p.grad.clone() for n, p in block.named_parameters()}, x.detach()))
+    (grad_sep, params_sep, x_sep), (grad_reuse, params_reuse, x_reuse) = results
+    torch.testing.assert_close(grad_reuse, grad_sep, rtol=0, atol=0)
+    for name in params_sep:
+        torch.testing.assert_close(params_reuse[name], params_sep[name], rtol=0, atol=0, msg=name)
+    torch.testing.assert_close(x_sep, leaf.detach() * 1.5)  # left alone without reuse
+    torch.testing.assert_close(x_reuse, grad_sep / 1.5)  # holds d loss / dx with it
+
+
+def test_model_reuses_its_residual_stream_only_when_nobody_sees_it(monkeypatch):
+    """The model lets fused blocks overwrite their inputs only when no hidden state or hook hands them out."""
+    from dna_mamba.model import mamba
+
+    seen = []
+    fused = mamba.mamba_block
+    monkeypatch.setattr(mamba, "mamba_block", lambda *args: seen.append(args[-1]) or fused(*args))
+    ids = torch.randint(0, 4, (1, 20), generator=torch.Generator().manual_seed(5))
+    model = _model(True)
+    model(ids).logits.sum().backward()
+    assert seen == [True, True]
+    seen.clear()
+    model(ids, output_hidden_states=True).logits.sum().backward()
+    assert seen == [False, False]
+    seen.clear()
+    kept = []
+    handle = model.layers[1].register_forward_hook(lambda module, inputs, output: kept.append(inputs[0]))
+    model(ids).logits.sum().backward()
+    handle.remove()
+    assert seen == [False, False]
+    with torch.no_grad():
+        copy = model(ids, output_hidden_states=True).hidden_states[1]
+    torch.testing.assert_close(kept[0].detach(), copy)  # what the hook kept was not overwritten
+    seen.clear()
+    with torch.no_grad():
+        model(ids)
+    assert seen == [False, False]  # no backward to come: nothing to reuse
+
+
 def test_activation_checkpointing_leaves_fused_blocks_alone(monkeypatch):
     """A fused block keeps only its input, as a checkpoint would: checkpointing it would only run it twice."""
     from dna_mamba.model import mamba

@@ -69,6 +69,7 @@ class _Spec:
     eps: float  # RMSNorm's
     dtype: torch.dtype  # of the GEMMs, the conv and the scan's I/O: the autocast dtype, else in_proj's weights'
     residual_in_fp32: bool
+    reuse_input: bool = False  # the backward writes dx into x's buffer (see mamba_block)
 
 
 def _pieces(batch: int, seqlen: int) -> list[tuple[int, int]]:
@@ -116,6 +117,7 @@ class _MambaBlockFn(torch.autograd.Function):
                 del y
                 # Written in place: no piece-sized temporaries for the sum or its copy into `out`.
                 torch.add(x_piece.float() if spec.residual_in_fp32 else x_piece, mixed, out=out[:, t0:t1])
+                del mixed
                 pieces.append((t0, t1, None if t0 == 0 else conv_in, states, cfg))
                 conv_in, ssm_in = conv_final, ssm_final
         ctx.save_for_backward(x, norm_weight, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight,
@@ -128,79 +130,34 @@ class _MambaBlockFn(torch.autograd.Function):
         (x, norm_weight, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D,
          out_weight, out_bias, conv_state, ssm_state) = ctx.saved_tensors
         spec = ctx.spec
-        d_model, d_inner = out_weight.shape
         in_weight_c, out_weight_c = in_weight.to(spec.dtype), out_weight.to(spec.dtype)
         in_bias_c = None if in_bias is None else in_bias.to(spec.dtype)
         # Leaves of the recomputation, shared by the pieces; None stays None (no bias). in_proj and out_proj are
-        # differentiated by hand below: autograd through in_proj would concatenate the conv's and the gate's
+        # differentiated by hand (_backward_piece): autograd through in_proj would concatenate the conv's and the gate's
         # gradients into a (B, l, 2 * d_inner) tensor first.
         weights = [_leaf(t) for t in (norm_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight)]
         wanted = [w for w in weights if w is not None and w.requires_grad]
         dweights = [None] * len(wanted)
-        dx = torch.empty_like(x) if x.requires_grad else None
+        dx = None
+        if x.requires_grad:
+            # Piece by piece, x[:, t0:t1] is last read before dx[:, t0:t1] is written, so the two can share a buffer.
+            dx = x.detach() if spec.reuse_input else torch.empty_like(x)
         din_weight = din_bias = dout_weight = dout_bias = None
         dA = dD = ddt_bias = dconv_state = dssm_state = None
+        k = _BackwardInputs(x, dout, dx, conv_state, ssm_state, weights, wanted, in_weight, in_bias, in_weight_c,
+                            in_bias_c, out_weight, out_bias, out_weight_c, dt_bias, A, D, spec)
         d_state_out, d_conv_out = dssm_final, dconv_final  # gradients of what the current piece hands on
         for t0, t1, conv_in, states, cfg in reversed(ctx.pieces):
-            first = t0 == 0
-            x_piece = _leaf(x[:, t0:t1])
-            # The conv state entering the piece: the caller's, or the last conv inputs of the piece before.
-            conv_in = _leaf(conv_state) if first else conv_in.detach().requires_grad_()
-            with torch.autocast(x.device.type, enabled=False):
-                with torch.enable_grad():
-                    h = _norm(x_piece, weights[0], spec)  # (B, l, d_model)
-                xz = F.linear(h.detach(), in_weight_c, in_bias_c)  # (B, l, 2 * d_inner)
-                conv_x, z = split_xz(xz)
-                conv_x = conv_x.detach().requires_grad_()
-                with torch.enable_grad():
-                    u, delta, b, c, conv_final = pre_scan(conv_x, *weights[1:], conv_in, spec.dt_rank, spec.d_state)
-            dmixed = dout[:, t0:t1].to(spec.dtype)  # out_proj's output gradient, (B, l, d_model)
-            dy = dmixed @ out_weight_c  # (B, l, d_inner)
-            y = torch.empty_like(dy)  # the scan's output, which its backward recomputes: out_proj's weight gradient
-            # The scan's initial state only says whether its gradient is wanted: the states come from `states`.
-            ssm_in = ssm_state if first else states[:, 0, : spec.d_state].transpose(1, 2)
-            du, ddelta, dA_p, dB, dC, dD_p, dz, ddt_bias_p, d_state_in = scan_backward(
-                u.detach(), delta.detach(), A, b.detach(), c.detach(), D, z, dt_bias, ssm_in, states, cfg,
-                True, dy.transpose(1, 2), d_state_out, y_out=y.transpose(1, 2),
+            # One call per piece: its working tensors are freed before the next piece allocates its own (kept alive
+            # by the loop's variables, they raised the peak by about a piece's worth).
+            dparts, din_w, din_b, dout_w, dout_b, dA_p, dD_p, ddt_bias_p, d_state_in, d_conv_in = _backward_piece(
+                k, t0, t1, conv_in, states, cfg, d_state_out, d_conv_out
             )
-            if out_weight.requires_grad:
-                dout_weight = _add(dout_weight, (dmixed.reshape(-1, d_model).t() @ y.reshape(-1, d_inner)).float())
-            if out_bias is not None and out_bias.requires_grad:
-                dout_bias = _add(dout_bias, dmixed.float().sum((0, 1)))
-            del dy, y, xz
-            # Through x_proj, dt_proj and the conv, by autograd: to their weights, the conv input and conv state.
-            outputs, grads = [u, delta, b, c], [du, ddelta, dB, dC]
-            if d_conv_out is not None:
-                outputs.append(conv_final)
-                grads.append(d_conv_out)
-            inputs = [w for w in wanted if w is not weights[0]] + [conv_x]
-            if conv_in is not None and conv_in.requires_grad:
-                inputs.append(conv_in)
-            found = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
-            d_conv_in = found.pop() if conv_in is not None and conv_in.requires_grad else None
-            dconv_x = found.pop()
-            # in_proj by hand, its two output halves separately: (B * l, d_inner) each, rows of xz's positions.
-            dxz_x, dxz_z = (g.transpose(1, 2).reshape(-1, d_inner) for g in (dconv_x, dz))
-            h_rows = h.detach().reshape(-1, d_model)
-            if in_weight.requires_grad:
-                piece = torch.cat([dxz_x.t() @ h_rows, dxz_z.t() @ h_rows]).float()  # (2 * d_inner, d_model)
-                din_weight = _add(din_weight, piece)
-            if in_bias is not None and in_bias.requires_grad:
-                din_bias = _add(din_bias, torch.cat([dxz_x.float().sum(0), dxz_z.float().sum(0)]))
-            dh = torch.addmm(dxz_x @ in_weight_c[:d_inner], dxz_z, in_weight_c[d_inner:]).view_as(h)
-            del dconv_x, dz, dxz_x, dxz_z, h_rows
-            # RMSNorm, by autograd: to x and the norm weight.
-            norm_inputs = [t for t in (weights[0], x_piece) if t.requires_grad]
-            norm_grads = iter(torch.autograd.grad(h, norm_inputs, dh)) if norm_inputs else iter(())
-            dnorm_piece = next(norm_grads) if weights[0].requires_grad else None
-            if x_piece.requires_grad:
-                # The residual's gradient plus the norm's, written in place.
-                torch.add(dout[:, t0:t1], next(norm_grads), out=dx[:, t0:t1])
-            found = iter(([dnorm_piece] if weights[0].requires_grad else []) + found)  # in `wanted`'s order
-            for i in range(len(wanted)):
-                dweights[i] = _add(dweights[i], next(found))
+            dweights = [_add(total, part) for total, part in zip(dweights, dparts, strict=True)]
+            din_weight, din_bias = _add(din_weight, din_w), _add(din_bias, din_b)
+            dout_weight, dout_bias = _add(dout_weight, dout_w), _add(dout_bias, dout_b)
             dA, dD, ddt_bias = _add(dA, dA_p), _add(dD, dD_p), _add(ddt_bias, ddt_bias_p)
-            if first:
+            if t0 == 0:
                 dconv_state, dssm_state = d_conv_in, d_state_in
             d_state_out, d_conv_out = d_state_in, d_conv_in
         found = iter(dweights)
@@ -211,12 +168,109 @@ class _MambaBlockFn(torch.autograd.Function):
                 dout_weight, dout_bias, dconv_state, dssm_state, None)
 
 
+@dataclass
+class _BackwardInputs:
+    """What every piece's backward reads: the node's saved tensors, the weights in the compute dtype, the leaves of
+    the recomputation (``weights``, those that want a gradient in ``wanted``), dout and the dx being written."""
+
+    x: torch.Tensor
+    dout: torch.Tensor
+    dx: torch.Tensor | None
+    conv_state: torch.Tensor | None
+    ssm_state: torch.Tensor | None
+    weights: list
+    wanted: list
+    in_weight: torch.Tensor
+    in_bias: torch.Tensor | None
+    in_weight_c: torch.Tensor
+    in_bias_c: torch.Tensor | None
+    out_weight: torch.Tensor
+    out_bias: torch.Tensor | None
+    out_weight_c: torch.Tensor
+    dt_bias: torch.Tensor
+    A: torch.Tensor
+    D: torch.Tensor
+    spec: _Spec
+
+
+def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_out, d_conv_out):
+    """The backward of one piece [t0, t1): writes k.dx[:, t0:t1] and returns the piece's parameter gradients
+    (``k.wanted``'s, then in_proj's, out_proj's, A's, D's and dt_bias's) and the gradients of the conv and scan
+    states entering it. A function of its own so that the piece's working tensors are freed when it returns."""
+    x, dout, dx, weights, wanted, spec = k.x, k.dout, k.dx, k.weights, k.wanted, k.spec
+    in_weight, in_bias, in_weight_c, in_bias_c = k.in_weight, k.in_bias, k.in_weight_c, k.in_bias_c
+    out_weight, out_bias, out_weight_c = k.out_weight, k.out_bias, k.out_weight_c
+    conv_state, ssm_state, dt_bias, A, D = k.conv_state, k.ssm_state, k.dt_bias, k.A, k.D
+    d_model, d_inner = out_weight.shape
+    first = t0 == 0
+    x_piece = _leaf(x[:, t0:t1])
+    # The conv state entering the piece: the caller's, or the last conv inputs of the piece before.
+    conv_in = _leaf(conv_state) if first else conv_in.detach().requires_grad_()
+    with torch.autocast(x.device.type, enabled=False):
+        with torch.enable_grad():
+            h = _norm(x_piece, weights[0], spec)  # (B, l, d_model)
+        xz = F.linear(h.detach(), in_weight_c, in_bias_c)  # (B, l, 2 * d_inner)
+        conv_x, z = split_xz(xz)
+        conv_x = conv_x.detach().requires_grad_()
+        with torch.enable_grad():
+            u, delta, b, c, conv_final = pre_scan(conv_x, *weights[1:], conv_in, spec.dt_rank, spec.d_state)
+    dmixed = dout[:, t0:t1].to(spec.dtype)  # out_proj's output gradient, (B, l, d_model)
+    dy = dmixed @ out_weight_c  # (B, l, d_inner)
+    y = torch.empty_like(dy)  # the scan's output, which its backward recomputes: out_proj's weight gradient
+    # The scan's initial state only says whether its gradient is wanted: the states come from `states`.
+    ssm_in = ssm_state if first else states[:, 0, : spec.d_state].transpose(1, 2)
+    du, ddelta, dA, dB, dC, dD, dz, ddt_bias, d_state_in = scan_backward(
+        u.detach(), delta.detach(), A, b.detach(), c.detach(), D, z, dt_bias, ssm_in, states, cfg,
+        True, dy.transpose(1, 2), d_state_out, y_out=y.transpose(1, 2),
+    )
+    dout_weight = dout_bias = din_weight = din_bias = None
+    if out_weight.requires_grad:
+        dout_weight = (dmixed.reshape(-1, d_model).t() @ y.reshape(-1, d_inner)).float()
+    if out_bias is not None and out_bias.requires_grad:
+        dout_bias = dmixed.float().sum((0, 1))
+    del dy, y, xz, z
+    # Through x_proj, dt_proj and the conv, by autograd: to their weights, the conv input and conv state.
+    outputs, grads = [u, delta, b, c], [du, ddelta, dB, dC]
+    if d_conv_out is not None:
+        outputs.append(conv_final)
+        grads.append(d_conv_out)
+    inputs = [w for w in wanted if w is not weights[0]] + [conv_x]
+    if conv_in is not None and conv_in.requires_grad:
+        inputs.append(conv_in)
+    found = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
+    del outputs, grads, u, delta, b, c, du, ddelta, dB, dC
+    d_conv_in = found.pop() if conv_in is not None and conv_in.requires_grad else None
+    dconv_x = found.pop()
+    # in_proj by hand, its two output halves separately: (B * l, d_inner) each, rows of xz's positions.
+    dxz_x, dxz_z = (g.transpose(1, 2).reshape(-1, d_inner) for g in (dconv_x, dz))
+    h_rows = h.detach().reshape(-1, d_model)
+    if in_weight.requires_grad:
+        din_weight = torch.cat([dxz_x.t() @ h_rows, dxz_z.t() @ h_rows]).float()  # (2 * d_inner, d_model)
+    if in_bias is not None and in_bias.requires_grad:
+        din_bias = torch.cat([dxz_x.float().sum(0), dxz_z.float().sum(0)])
+    dh = torch.addmm(dxz_x @ in_weight_c[:d_inner], dxz_z, in_weight_c[d_inner:]).view_as(h)
+    del dconv_x, dz, dxz_x, dxz_z, h_rows
+    # RMSNorm, by autograd: to x and the norm weight.
+    norm_inputs = [t for t in (weights[0], x_piece) if t.requires_grad]
+    norm_grads = iter(torch.autograd.grad(h, norm_inputs, dh)) if norm_inputs else iter(())
+    dnorm = next(norm_grads) if weights[0].requires_grad else None
+    if x_piece.requires_grad:
+        # The residual's gradient plus the norm's, written in place.
+        torch.add(dout[:, t0:t1], next(norm_grads), out=dx[:, t0:t1])
+    dparts = ([dnorm] if weights[0].requires_grad else []) + found  # in `wanted`'s order
+    return dparts, din_weight, din_bias, dout_weight, dout_bias, dA, dD, ddt_bias, d_state_in, d_conv_in
+
+
 def mamba_block(block, x: torch.Tensor, conv_state: torch.Tensor | None = None,
-                ssm_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ssm_state: torch.Tensor | None = None, reuse_input: bool = False,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x + mixer(norm(x)) for a ``dna_mamba.model.mamba.Block``, on the Triton kernels, keeping only x.
 
     The compute dtype is autocast's when it is on, else in_proj's weights'; the residual sum is fp32 when the block
-    says ``residual_in_fp32``, as in ``Block.forward``.
+    says ``residual_in_fp32``, as in ``Block.forward``. ``reuse_input``: the caller promises that nothing reads x
+    after this block's backward (x is an intermediate of its own, like the residual stream between the model's
+    blocks), so the backward writes the input gradient into x's buffer instead of a new one: one (B, L, d_model)
+    buffer less at the peak of a training step, 1 GiB at 2^20 x 256 in fp32.
 
     Shapes:
         x: (B, L, d_model);  conv_state: (B, d_inner, d_conv - 1);  ssm_state: (B, d_inner, N) fp32, or None
@@ -225,7 +279,7 @@ def mamba_block(block, x: torch.Tensor, conv_state: torch.Tensor | None = None,
     mixer, config = block.mixer, block.mixer.config
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else mixer.in_proj.weight.dtype
-    spec = _Spec(config.dt_rank, config.d_state, block.norm.eps, dtype, block.residual_in_fp32)
+    spec = _Spec(config.dt_rank, config.d_state, block.norm.eps, dtype, block.residual_in_fp32, reuse_input)
     A = -torch.exp(mixer.A_log.float())  # (d_inner, N)
     return _MambaBlockFn.apply(
         x, block.norm.weight, mixer.in_proj.weight, mixer.in_proj.bias, mixer.conv_weight, mixer.conv_bias,

@@ -180,10 +180,11 @@ class Block(nn.Module):
     def uses_fused(self, x: torch.Tensor) -> bool:
         return bool(self.fused or (self.fused is None and x.is_cuda))
 
-    def forward(self, x, state: LayerState | None = None, return_state: bool = False):
+    def forward(self, x, state: LayerState | None = None, return_state: bool = False, reuse_input: bool = False):
+        """reuse_input: nothing reads x after the backward, whose fused path may then overwrite it (mamba_block)."""
         if self.uses_fused(x):
             conv_state, ssm_state = (None, None) if state is None else (state.conv, state.ssm)
-            out, conv_state, ssm_state = mamba_block(self, x, conv_state, ssm_state)
+            out, conv_state, ssm_state = mamba_block(self, x, conv_state, ssm_state, reuse_input)
             return out, (LayerState(conv_state, ssm_state) if return_state else None)
         out, new_state = self.mixer(self.norm(x), state, return_state)
         return self._add(x, out), new_state
@@ -253,12 +254,15 @@ class DnaMambaLM(nn.Module):
         x = self.embedding(input_ids)  # (B, L, D)
         hidden_states = [x] if output_hidden_states else None
         new_states = [] if return_state else None
+        # The residual stream between blocks is the model's own unless hidden states or hooks hand it out: then a
+        # fused block's backward may write its input gradient over its input (mamba_block's reuse_input).
+        private = torch.is_grad_enabled() and not output_hidden_states and not self._stream_is_observed()
         for i, layer in enumerate(self.layers):
             layer_state = None if state is None else state[i]
             if self.gradient_checkpointing and torch.is_grad_enabled() and not layer.uses_fused(x):
                 x, layer_state = checkpoint(layer, x, layer_state, return_state, use_reentrant=False)
             else:
-                x, layer_state = layer(x, layer_state, return_state)
+                x, layer_state = layer(x, layer_state, return_state, reuse_input=private)
             if return_state:
                 new_states.append(layer_state)
             if output_hidden_states:
@@ -268,6 +272,12 @@ class DnaMambaLM(nn.Module):
             hidden_states[-1] = x
         logits = self.lm_head(x).float()  # (B, L, V)
         return LMOutput(logits=logits, state=new_states, hidden_states=hidden_states)
+
+    def _stream_is_observed(self) -> bool:
+        """Whether a forward hook (global, or on the embedding or a block) may keep a residual-stream tensor."""
+        modules = [self.embedding, *self.layers]
+        return bool(nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+                    or any(m._forward_hooks or m._forward_pre_hooks for m in modules))
 
     @torch.no_grad()
     def step(self, input_ids: torch.Tensor, state: list[LayerState]) -> tuple[torch.Tensor, list[LayerState]]:
