@@ -346,6 +346,27 @@ LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
+def _silu_dpre(dout, x_0, x_m1, x_m2, x_m3, bias, w0, w1, w2, w3, WIDTH: tl.constexpr, FAST_MATH: tl.constexpr):
+    """dpre[s] = dout[s] * silu'(pre[s]), pre[s] recomputed from x[s] = x_0 and the carried x_m_r = x[s - r].
+
+    The one place the channel-last backward computes it (its warm-up and _walk_tile), so that a chunk's carried
+    values are bit-identical to those its predecessor computed at the same positions.
+    """
+    # The tap that multiplies x[s - r] is w[WIDTH - 1 - r].
+    pre = bias + (w1 if WIDTH == 2 else (w2 if WIDTH == 3 else w3)) * x_0
+    pre += (w0 if WIDTH == 2 else (w1 if WIDTH == 3 else w2)) * x_m1
+    if WIDTH > 2:
+        pre += (w0 if WIDTH == 3 else w1) * x_m2
+    if WIDTH > 3:
+        pre += w0 * x_m3
+    if FAST_MATH:
+        sig = ptx_rcp(1.0 + ptx_ex2(pre * -LOG2E))
+    else:
+        sig = 1.0 / (1.0 + tl.exp(-pre))
+    return dout * sig * (1.0 + pre * (1.0 - sig))
+
+
+@triton.jit
 def _walk_tile(
     x_ptrs,
     dout_ptrs,
@@ -387,11 +408,7 @@ def _walk_tile(
     dp_m_r = dpre[s - r] for the next step s, the updated sums and the (T_TILE, BLOCK_D) tile of xpad's
     gradient at the tile's positions.
     """
-    # tap_lag_r multiplies x[s - r] in pre[s]; dw_lag_r accumulates dpre[s] * x[s - r], the gradient of that tap.
-    tap_lag0 = w1 if WIDTH == 2 else (w2 if WIDTH == 3 else w3)
-    tap_lag1 = w0 if WIDTH == 2 else (w1 if WIDTH == 3 else w2)
-    tap_lag2 = w0 if WIDTH == 3 else w1
-    tap_lag3 = w0
+    # dw_lag_r accumulates dpre[s] * x[s - r], the gradient of the tap that multiplies x[s - r] in pre[s].
     rows = tl.arange(0, T_TILE)[:, None]
     dxpad = tl.zeros((T_TILE, BLOCK_D), dtype=tl.float32)
     for i in tl.static_range(T_TILE):
@@ -407,16 +424,7 @@ def _walk_tile(
         x_0 = x_0.to(tl.float32)
         dp = dp.to(tl.float32)
         if SILU:
-            pre = bias + tap_lag0 * x_0 + tap_lag1 * x_m1
-            if WIDTH > 2:
-                pre += tap_lag2 * x_m2
-            if WIDTH > 3:
-                pre += tap_lag3 * x_m3
-            if FAST_MATH:
-                sig = ptx_rcp(1.0 + ptx_ex2(pre * -LOG2E))
-            else:
-                sig = 1.0 / (1.0 + tl.exp(-pre))
-            dp = dp * sig * (1.0 + pre * (1.0 - sig))
+            dp = _silu_dpre(dp, x_0, x_m1, x_m2, x_m3, bias, w0, w1, w2, w3, WIDTH, FAST_MATH)
         db += dp
         dw_lag0 += dp * x_0
         dw_lag1 += dp * x_m1
@@ -528,11 +536,6 @@ def _causal_conv1d_bwd_channel_last_kernel(
 
     bias, w0, w1, w2, w3 = _load_taps(weight_ptr, bias_ptr, d, mask_d, stride_w_d, stride_w_k, stride_bias,
                                       WIDTH, HAS_BIAS, BLOCK_D)
-    # As in _walk_tile: tap_lag_r multiplies x[s - r] in pre[s].
-    tap_lag0 = w1 if WIDTH == 2 else (w2 if WIDTH == 3 else w3)
-    tap_lag1 = w0 if WIDTH == 2 else (w1 if WIDTH == 3 else w2)
-    tap_lag2 = w0 if WIDTH == 3 else w1
-    tap_lag3 = w0
 
     # The carried values: x_m_r = x[s - r] and dp_m_r = dpre[s - r] before step s. Warm-up over the
     # 2 * (WIDTH - 1) positions before the chunk: the first WIDTH - 1 only fill the x window (their dpre would
@@ -557,17 +560,8 @@ def _causal_conv1d_bwd_channel_last_kernel(
             dout_ptrs = dout_base + s * stride_dout_l + dc
             dp = tl.load(dout_ptrs, mask=tl.where(in_x, mask_d, False), other=0.0).to(tl.float32)
             if SILU:
-                pre = bias + tap_lag0 * x_0 + tap_lag1 * x_m1
-                if WIDTH > 2:
-                    pre += tap_lag2 * x_m2
-                if WIDTH > 3:
-                    pre += tap_lag3 * x_m3
-                # The same arithmetic as _walk_tile, so a chunk's carried values equal its predecessor's.
-                if FAST_MATH:
-                    sig = ptx_rcp(1.0 + ptx_ex2(pre * -LOG2E))
-                else:
-                    sig = 1.0 / (1.0 + tl.exp(-pre))
-                dp = dp * sig * (1.0 + pre * (1.0 - sig))
+                # The same helper as _walk_tile's, so a chunk's carried values equal its predecessor's.
+                dp = _silu_dpre(dp, x_0, x_m1, x_m2, x_m3, bias, w0, w1, w2, w3, WIDTH, FAST_MATH)
         x_m3 = x_m2
         x_m2 = x_m1
         x_m1 = x_0
