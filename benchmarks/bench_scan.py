@@ -122,6 +122,7 @@ def sass_counts(dstate: int = 16) -> None:
     model's channel-last inputs), so the tile loads are scalar.
     """
     import triton
+    from dna_mamba.kernels._launch import LAUNCH_OPTIONS
     from dna_mamba.kernels.selective_scan import triton as kernels
     from dna_mamba.kernels.selective_scan.interface import _config
     from triton.backends.compiler import GPUTarget
@@ -133,8 +134,8 @@ def sass_counts(dstate: int = 16) -> None:
                 FAST_MATH=cfg.fast_math, CHANNEL_LAST=True)
     fwd = dict(base, BLOCK_D=cfg.block_d, T_TILE=cfg.t_tile)
     bwd = dict(base, BLOCK_D=cfg.block_d_bwd, T_TILE=cfg.t_tile_bwd, LANE_SUMS=cfg.lane_sums, FAST_MATH=False)
-    fwd_opts = {"num_warps": cfg.block_d // 32} | ({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})
-    bwd_opts = {"num_warps": cfg.block_d_bwd // 32}
+    fwd_opts = {"num_warps": cfg.block_d // 32} | ({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}) | LAUNCH_OPTIONS
+    bwd_opts = {"num_warps": cfg.block_d_bwd // 32} | LAUNCH_OPTIONS
     jobs = [
         ("fwd local (pass 1)", kernels._fwd_kernel, dict(fwd, LOCAL=True), fwd_opts),
         ("fwd output (pass 3)", kernels._fwd_kernel, dict(fwd, LOCAL=False), fwd_opts),

@@ -12,6 +12,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "triton", "reference")
+# Compile options of every launch. Fused multiply-adds: the kernels' instruction counts and measured times assume
+# them (h = a * h + b is one FFMA per state and step). Triton 3.9 warns that its default turns them off in 3.10.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
 _warned_fallback: set[str] = set()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._launch import (
+    LAUNCH_OPTIONS,
     check_backend,
     cuda_sm_count,
     device_guard,
@@ -246,7 +247,7 @@ def _forward(
         *_state_strides(initial_state), *out.stride(), *_state_strides(final_state),
         WIDTH=width, HAS_BIAS=bias is not None, HAS_INITIAL_STATE=initial_state is not None,
         HAS_FINAL_STATE=final_state is not None, SILU=silu,
-        BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L_FWD"], num_warps=cfg["num_warps"],
+        BLOCK_D=cfg["BLOCK_D"], BLOCK_L=cfg["BLOCK_L_FWD"], num_warps=cfg["num_warps"], **LAUNCH_OPTIONS,
     )  # fmt: skip
     return out, final_state
 
@@ -291,7 +292,7 @@ def _backward(
     meta = {
         "WIDTH": width, "HAS_BIAS": bias is not None, "HAS_INITIAL_STATE": initial_state is not None,
         "HAS_DFINAL_STATE": dfinal_state is not None, "SILU": silu, "BLOCK_D": cfg["BLOCK_D"],
-        "num_warps": cfg["num_warps"],
+        "num_warps": cfg["num_warps"], **LAUNCH_OPTIONS,
     }  # fmt: skip
     bias_stride = 0 if bias is None else bias.stride(0)
     if channel_last:

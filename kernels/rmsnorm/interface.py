@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .._launch import (
+    LAUNCH_OPTIONS,
     check_backend,
     cuda_sm_count,
     device_guard,
@@ -196,7 +197,7 @@ def _forward(
         n_rows, n_inner, dim, eps,
         *_row_strides(x_rows), *_row_strides(res_rows), weight.stride(0),
         HAS_RESIDUAL=res_rows is not None, STORE_RESIDUAL=store_residual,
-        BLOCK_ROWS=cfg["ROWS_FWD"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        BLOCK_ROWS=cfg["ROWS_FWD"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"], **LAUNCH_OPTIONS,
     )  # fmt: skip
     new_residual = new_residual.view(x.shape) if store_residual else x
     return out.view(x.shape), new_residual, rstd
@@ -236,7 +237,7 @@ def _backward(
         n_rows, n_inner, dim, rows_per_program,
         *_row_strides(r_rows), *_row_strides(dout_rows), *_row_strides(dres_rows), weight.stride(0),
         HAS_DNEW_RESIDUAL=dres_rows is not None, STORE_DX=dx is not None, STORE_DRESIDUAL=dresidual is not None,
-        BLOCK_ROWS=cfg["ROWS_BWD"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"],
+        BLOCK_ROWS=cfg["ROWS_BWD"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"], **LAUNCH_OPTIONS,
     )  # fmt: skip
     # A plain sum over the partial rows: fixed order, so dweight is bitwise reproducible.
     dweight = dweight_partial.sum(dim=0).to(weight.dtype)

@@ -12,7 +12,7 @@ try:
 except ImportError:  # Triton ships Linux wheels only; the reference path needs none of it
     triton = None
 
-from dna_mamba.kernels._launch import cuda_sm_count, device_guard, new_buffer
+from dna_mamba.kernels._launch import LAUNCH_OPTIONS, cuda_sm_count, device_guard, new_buffer
 from dna_mamba.kernels.selective_scan.reference import selective_scan_ref
 
 logger = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, T_TILE=cfg.t_tile, num_warps=max(1, cfg.block_d // 32),
         PREFETCH=cfg.prefetch, PREFETCH_IO=cfg.prefetch_io, FAST_MATH=cfg.fast_math,
-        CHANNEL_LAST=_channel_last(u, delta, z, y),
+        CHANNEL_LAST=_channel_last(u, delta, z, y), **LAUNCH_OPTIONS,
     )
     if cfg.maxnreg is not None:
         meta["maxnreg"] = cfg.maxnreg
@@ -263,7 +263,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
             a2t, dtsum, hloc, _dummy(initial_state, a2t), states, final, dim, cfg.n_chunks, dstate,
             *_strides(initial_state),
             HAS_FIRST=initial_state is not None, REVERSE=False, BLOCK_N=cfg.block_n, BLOCK_D=_COMBINE_BLOCK_D,
-            num_warps=1,
+            num_warps=1, **LAUNCH_OPTIONS,
         )
         kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks)](*ptrs, *dims, *strides, LOCAL=False, **meta)
     return y, final, states, cfg
@@ -302,7 +302,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
         num_warps=max(1, cfg.block_d_bwd // 32), PREFETCH=cfg.prefetch, PREFETCH_IO=cfg.prefetch_io,
         # The approximate softplus / sigmoid speed up the forward (S0 27.6 -> 24.9 ms) but slowed the backward
         # (62.7 -> 67.8 ms, H100), so the backward keeps the precise ones.
-        FAST_MATH=False, CHANNEL_LAST=_channel_last(u, delta, z, dy, du, ddelta, dz, beta, y_out),
+        FAST_MATH=False, CHANNEL_LAST=_channel_last(u, delta, z, dy, du, ddelta, dz, beta, y_out), **LAUNCH_OPTIONS,
     )
     # The reduce-scatter needs one channel per lane, which the channel-last form of the addresses guarantees.
     meta["LANE_SUMS"] = cfg.lane_sums and meta["CHANNEL_LAST"]
@@ -331,7 +331,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
         kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, _COMBINE_BLOCK_D))](
             a2t, dtsum, gloc, _dummy(dfinal, a2t), carries, dinit, dim, cfg.n_chunks, dstate, *_strides(dfinal),
             HAS_FIRST=dfinal is not None, REVERSE=True, BLOCK_N=cfg.block_n, BLOCK_D=_COMBINE_BLOCK_D,
-            num_warps=1,
+            num_warps=1, **LAUNCH_OPTIONS,
         )
         kernels._bwd_reverse_kernel[grid](
             *common, carries, beta, du, ddelta, dbc, dbias, *dims, *in_strides, *du.stride(), *ddelta.stride(),
