@@ -7,6 +7,7 @@ on two cores; it checks the plumbing and the files a run writes, not accuracy.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,7 @@ def sweep(slices: Path, tmp_path_factory) -> Path:
 def test_sweep_writes_runs_table_and_plot(sweep: Path) -> None:
     table = (sweep / "sweep.md").read_text()
     assert "| 128 (128) |" in table and "| 256 (256) |" in table and "4-mer acc" in table
+    assert "| 8–8 |" in table and "stride" not in table  # non-overlapping test windows by default
     assert (sweep / "sweep.png").stat().st_size > 5000
     rows = json.loads((sweep / "sweep.json").read_text())["rows"]
     assert [r["seq_len"] for r in rows] == [128, 256]
@@ -63,6 +65,7 @@ def test_sweep_writes_runs_table_and_plot(sweep: Path) -> None:
         results = json.loads((run / "results.json").read_text())
         assert results["global_step"] == 2 and results["effective_batch"] == 4
         assert results["test_windows_per_class"] == [8, 8] and results["test"]["n_windows"] == 16
+        assert results["test_stride"] == int(context)
         assert set(results["test"]["per_class"]) == {"E_Coli", "S_Aureus"}
         assert 0.0 <= results["test"]["accuracy"] <= 1.0 and 0.0 <= results["test"]["macro_f1"] <= 1.0
         assert set(results["kmer"]) == {"3", "4"} and results["kmer"]["4"]["n_windows"] == 16
@@ -154,6 +157,74 @@ def test_eval_windows_are_fixed_and_balanced(sweep: Path) -> None:
     assert np.array_equal(a.start, b.start) and a.per_class(2) == [8, 8]
     held_out = {g for g, genome in enumerate(data.genomes) if genome.segments["test"]}
     assert set(a.genome.tolist()) == held_out  # held-out strains only
+
+
+def test_test_stride_setting_is_bases_or_a_fraction_of_the_context() -> None:
+    from dna_mamba.lit.species import SpeciesTaskConfig
+
+    assert SpeciesTaskConfig().test_stride is None and SpeciesTaskConfig().test_stride_at(32768) is None
+    for value, normal, at_32k, at_100 in ((8192, 8192, 8192, 8192), ("8k", 8192, 8192, 8192),
+                                          ("2/8", "1/4", 8192, 25), ("1/1", "1/1", 32768, 100)):
+        task = SpeciesTaskConfig(test_stride=value)
+        assert task.test_stride == normal
+        assert (task.test_stride_at(32768), task.test_stride_at(100)) == (at_32k, at_100)
+    assert SpeciesTaskConfig(test_stride="1/1000").test_stride_at(128) == 1
+    for bad in (0, -5, "0", "0/4", "5/4", "1/0", "quarter", 0.25, True):
+        with pytest.raises(ValueError, match=re.escape(f"task.test_stride must be a number of bases (8192, 8k), a "
+                                                       f"fraction of the context from 0 to 1 (1/4) or null, got "
+                                                       f"{bad!r}")):
+            SpeciesTaskConfig(test_stride=bad)
+
+
+def test_sweep_test_stride_gives_overlapping_windows_and_records_them(sweep: Path, tmp_path: Path) -> None:
+    from dna_mamba.species.dataset import SpeciesDataset
+
+    out = tmp_path / "kmer"
+    assert sweep_main([str(sweep / "dataset"), "--out", str(out), "--contexts", "128,256", "--kmer-only",
+                       "--kmer", "3", "--kmer-train-windows", "32", "--test-windows-per-class", "100000",
+                       "--test-stride", "1/4", "--quiet"]) == 0
+    report = json.loads((out / "sweep.json").read_text())
+    assert report["settings"]["task"]["test_stride"] == "1/4"
+    table = (out / "sweep.md").read_text()
+    data = SpeciesDataset.open(sweep / "dataset")
+    for row in report["rows"]:
+        seq_len = row["seq_len"]
+        windows = data.eval_windows("test", seq_len, stride=seq_len // 4)
+        tiled = data.eval_windows("test", seq_len).per_class(2)
+        assert row["test_stride"] == seq_len // 4
+        assert row["test_windows_per_class"] == windows.per_class(2)
+        assert all(n > 3 * t for n, t in zip(row["test_windows_per_class"], tiled, strict=True))
+        assert row["kmer"]["3"]["n_windows"] == len(windows)
+        assert json.loads((out / f"context_{seq_len}" / "results.json").read_text())["test_stride"] == seq_len // 4
+        counts = row["test_windows_per_class"]
+        assert f"| {min(counts)}–{max(counts)} (stride {seq_len // 4}) |" in table
+
+
+def test_hydra_test_stride_overlaps_test_windows_only(sweep: Path, tmp_path: Path) -> None:
+    from dna_mamba.species.dataset import SpeciesDataset
+
+    # One step of 64 windows, so that the ~560 test windows are evaluated 64 at a time.
+    cfg = hydra_cfg([*TINY, f"task.prepared={sweep / 'dataset'}", "task.test_stride=1/2", "task.steps_per_epoch=1",
+                     "task.batch_size=64", "trainer.micro_batch_tokens=16384", "task.test_windows_per_class=100000",
+                     "task.val_windows_per_class=100000", "task.export=false", "task.run_baseline=true",
+                     "task.kmer_ks=[3]", "task.kmer_train_windows=16", f"out_dir={tmp_path}"])
+    results = run_from_config(cfg)
+    data = SpeciesDataset.open(sweep / "dataset")
+    test = data.eval_windows("test", 256, stride=128)
+    assert results["test_stride"] == 128 and results["test_windows_per_class"] == test.per_class(2)
+    assert results["test"]["n_windows"] == results["kmer"]["3"]["n_windows"] == len(test)  # the baseline's too
+    assert results["val"]["n_windows"] == len(data.eval_windows("val", 256))  # validation does not overlap
+    assert json.loads((tmp_path / "results.json").read_text())["test_stride"] == 128
+
+
+def test_test_stride_longer_than_a_context_fails_before_any_run(sweep: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_main([str(sweep / "dataset"), "--out", str(tmp_path / "out"), "--contexts", "256,128", "--kmer-only",
+                    "--test-stride", "200", "--quiet"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "stride must be an integer from 1 to the window (128), got 200" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "context_256").exists()
 
 
 def test_memory_settings_checkpoint_blocks_and_refuse_segments(monkeypatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,48 @@ def test_no_training_window_touches_held_out_sequence(tmp_path: Path, genomes: P
         test_genomes = {g for g, genome in enumerate(data.genomes) if genome.segments["test"]}
         assert test_genomes == {1, 3}
         assert not {train.locate(i).genome for i in range(len(train))} & test_genomes
+
+
+@pytest.mark.parametrize("method", ["genome", "region"])
+@pytest.mark.parametrize("stride", [None, 500, 120])
+def test_eval_windows_every_stride_bases_inside_held_out_segments(tmp_path: Path, genomes: Path, method: str,
+                                                                   stride: int | None) -> None:
+    lines = four_genomes(genomes, split=method == "genome")
+    data = prepare_species(manifest(tmp_path, lines), tmp_path / method, progress=False,
+                           split=SplitConfig(method, val_fraction=0.1, test_fraction=0.3))
+    window = 500
+    windows = data.eval_windows("test", window, stride=stride)
+    assert windows.stride == (stride or window)
+    by_segment: dict[tuple, list[int]] = {}
+    for g, c, start in zip(windows.genome, windows.contig, windows.start, strict=True):
+        genome = data.genomes[g]
+        contig = data.store(g).names[c]
+        assert _inside(contig, start, start + window, genome.segments["test"])
+        assert not _overlaps(start, start + window, [s for s in genome.segments["train"] if s.contig == contig])
+        segment = next(s for s in genome.segments["test"] if s.contig == contig and s.start <= start < s.end)
+        by_segment.setdefault((g, segment), []).append(int(start))
+    # Every test segment a window fits in has one every `stride` bases from its start (no N in these genomes),
+    # up to the last that fits; the default, stride = window, is the non-overlapping tiling.
+    fits = {(g, s) for g, genome in enumerate(data.genomes) for s in genome.segments["test"] if s.length >= window}
+    assert set(by_segment) == fits
+    for (_, segment), starts in by_segment.items():
+        assert starts == list(range(segment.start, segment.end - window + 1, stride or window))
+    if stride is None:
+        same = data.eval_windows("test", window, stride=window)
+        for name in ("genome", "contig", "start", "label"):
+            assert np.array_equal(getattr(windows, name), getattr(same, name))
+    else:  # per_class still keeps an evenly spaced subset of the overlapping windows
+        subset = data.eval_windows("test", window, stride=stride, per_class=5)
+        assert subset.per_class(2) == [5, 5]
+        assert set(subset.start.tolist()) <= set(windows.start.tolist())
+
+
+@pytest.mark.parametrize("stride", [0, -100, 501, 250.0, True])
+def test_bad_eval_stride_is_refused(tmp_path: Path, genomes: Path, stride) -> None:
+    data = prepare_species(manifest(tmp_path, four_genomes(genomes)), tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match=re.escape(f"stride must be an integer from 1 to the window (500), got "
+                                                   f"{stride!r}")):
+        data.eval_windows("test", 500, stride=stride)
 
 
 def test_items_are_reproducible_and_both_strands(tmp_path: Path, genomes: Path) -> None:

@@ -8,6 +8,7 @@ layout.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -20,15 +21,16 @@ from dna_mamba.tokenizer import reverse_complement
 
 
 def plan_windows(store: GenomeStore, segments: Sequence[Segment], window: int, *, max_n_fraction: float = 0.1,
-                 segment_length: int | None = None, pad: bool = False) -> np.ndarray:
+                 segment_length: int | None = None, pad: bool = False, stride: int | None = None) -> np.ndarray:
     """Lay fixed-length windows over segments.
 
     Each segment is cut into sub-segments of ``segment_length`` bases (the last may be shorter; default: the whole
-    segment). A sub-segment ``[s, e)`` at least ``window`` long is tiled with non-overlapping windows
-    ``[s, s + window), [s + window, s + 2 window), ...``, dropping the incomplete tail. A shorter sub-segment gets
-    two windows anchored at its start ``[s, s + window)`` and at its end ``[e - window, e)``, shifted to lie inside
-    the contig (so they extend past the sub-segment into neighbouring sequence); the two coincide, and one is kept,
-    when the contig is exactly ``window`` long. Windows with more than ``max_n_fraction`` N are then dropped.
+    segment). A sub-segment ``[s, e)`` at least ``window`` long gets windows ``[s, s + window), [s + stride,
+    s + stride + window), ...`` as long as they end inside it: non-overlapping tiles by default (``stride`` =
+    ``window``, dropping the incomplete tail), overlapping ones with a shorter stride. A shorter sub-segment gets two
+    windows anchored at its start ``[s, s + window)`` and at its end ``[e - window, e)``, shifted to lie inside the
+    contig (so they extend past the sub-segment into neighbouring sequence); the two coincide, and one is kept, when
+    the contig is exactly ``window`` long. Windows with more than ``max_n_fraction`` N are then dropped.
 
     Args:
         store: the genome.
@@ -38,6 +40,9 @@ def plan_windows(store: GenomeStore, segments: Sequence[Segment], window: int, *
         segment_length: sub-segment length; None uses each segment whole.
         pad: allow contigs shorter than ``window``: their anchored windows overhang the contig and read as N
             there (which counts towards ``max_n_fraction``).
+        stride: bases between the starts of consecutive windows of a sub-segment, from 1 to ``window``; None is
+            ``window``. A shorter stride gives more, overlapping (so correlated) windows from the same sequence,
+            e.g. to evaluate on a small held-out region; windows still never leave their sub-segment.
 
     Returns:
         ``(M, 2)`` int64 array of ``(contig_index, start)`` rows (``contig_index`` into ``store.names``), in
@@ -53,6 +58,9 @@ def plan_windows(store: GenomeStore, segments: Sequence[Segment], window: int, *
         raise ValueError(f"max_n_fraction must be in [0, 1], got {max_n_fraction}")
     if segment_length is not None and segment_length < 1:
         raise ValueError(f"segment_length must be positive or None, got {segment_length}")
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, numbers.Integral)
+                               or not 1 <= stride <= window):
+        raise ValueError(f"stride must be an integer from 1 to the window ({window:,}), got {stride!r}")
     planned = [np.empty((0, 2), dtype=np.int64)]
     for segment in segments:
         length = store.length(segment.contig)
@@ -61,7 +69,7 @@ def plan_windows(store: GenomeStore, segments: Sequence[Segment], window: int, *
         if length < window and not pad:
             raise ValueError(f"contig '{segment.contig}' is {length} bp, shorter than the {window} bp window; "
                              f"use a shorter window or pad=True to pad it with N")
-        starts = _segment_starts(segment, window, segment_length or segment.length, length)
+        starts = _segment_starts(segment, window, segment_length or segment.length, length, stride or window)
         n_count = store.count_n(segment.contig, starts, starts + window)
         starts = starts[n_count <= max_n_fraction * window]
         rows = np.empty((len(starts), 2), dtype=np.int64)
@@ -71,14 +79,15 @@ def plan_windows(store: GenomeStore, segments: Sequence[Segment], window: int, *
     return np.concatenate(planned)
 
 
-def _segment_starts(segment: Segment, window: int, piece: int, contig_length: int) -> np.ndarray:
+def _segment_starts(segment: Segment, window: int, piece: int, contig_length: int, stride: int) -> np.ndarray:
     """Window starts of one segment cut into pieces of ``piece`` bases, in position order."""
     piece_starts = np.arange(segment.start, segment.end, piece, dtype=np.int64)
     piece_ends = np.minimum(piece_starts + piece, segment.end)
-    tiles = (piece_ends - piece_starts) // window
-    # Tiled windows: piece start + k * window for k < tiles, for every piece at once.
+    # Windows that fit in each piece (0 when it is shorter than one window); length // window when stride = window.
+    tiles = np.maximum((piece_ends - piece_starts - window) // stride + 1, 0)
+    # Tiled windows: piece start + k * stride for k < tiles, for every piece at once.
     first_tile = np.repeat(np.cumsum(tiles) - tiles, tiles)
-    tiled = np.repeat(piece_starts, tiles) + (np.arange(tiles.sum(), dtype=np.int64) - first_tile) * window
+    tiled = np.repeat(piece_starts, tiles) + (np.arange(tiles.sum(), dtype=np.int64) - first_tile) * stride
     short = tiles == 0
     head, tail = piece_starts[short], piece_ends[short] - window
     if contig_length >= window:  # keep anchored windows inside the contig; otherwise they are N-padded

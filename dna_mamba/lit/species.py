@@ -7,6 +7,7 @@ The backbone lives in ``self.model`` and its config in the hyperparameters (``mo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import lightning as L
 import numpy as np
@@ -20,6 +21,7 @@ from dna_mamba.species.dataset import BalancedWindowDataset, EvalWindowDataset, 
 from dna_mamba.species.kmer import MAX_K
 from dna_mamba.species.metrics import metrics_from_confusion
 from dna_mamba.species.model import POOLINGS, SpeciesHead, both_strand_probs, class_logits
+from dna_mamba.species.report import parse_context
 
 
 @dataclass
@@ -49,6 +51,9 @@ class SpeciesTaskConfig:
     max_n_fraction: float = 0.1  # windows with more N are skipped (evaluation) or redrawn (training)
     val_windows_per_class: int = 32  # evaluated after every epoch, so kept small
     test_windows_per_class: int = 256
+    # Bases between test-window starts (8192, "8k") or a fraction of the context ("1/4"); None: the context (no
+    # overlap). Shorter strides give more, overlapping windows from a small held-out set (see test_stride_at).
+    test_stride: int | str | None = None
     both_strands: bool = True  # evaluate each window and its reverse complement, averaging the probabilities
     run_baseline: bool = True  # k-mer + logistic regression on the same windows
     kmer_ks: list[int] = field(default_factory=lambda: [4, 5, 6])
@@ -72,6 +77,40 @@ class SpeciesTaskConfig:
             raise ValueError(f"task.kmer_ks must lie in 1..{MAX_K}, got {bad_k}")
         if self.kmer_train_windows < 1:
             raise ValueError(f"task.kmer_train_windows must be positive, got {self.kmer_train_windows}")
+        self.test_stride = _test_stride(self.test_stride)
+
+    def test_stride_at(self, seq_len: int) -> int | None:
+        """Bases between test-window starts at context ``seq_len``: ``test_stride`` itself, or that fraction of
+        ``seq_len`` (rounded down, at least 1); None for non-overlapping windows.
+
+        A fraction lets one setting serve every context of a sweep; a stride in bases longer than ``seq_len`` is
+        refused when the windows are planned.
+        """
+        if isinstance(self.test_stride, str):
+            return max(1, int(Fraction(self.test_stride) * seq_len))
+        return self.test_stride
+
+
+def _test_stride(value: int | str | None) -> int | str | None:
+    """``task.test_stride`` as bases (int) or a fraction of the context in lowest terms (``"1/4"``), or None.
+
+    Raises:
+        ValueError: anything else, e.g. a float (0.25 could mean bases or a share) or a fraction outside (0, 1].
+    """
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        if "/" in text:
+            fraction = Fraction(text)
+            if 0 < fraction <= 1:
+                return f"{fraction.numerator}/{fraction.denominator}"
+        elif not isinstance(value, (bool, float)):
+            return parse_context(text)
+    except (ValueError, ZeroDivisionError):
+        pass
+    raise ValueError(f"task.test_stride must be a number of bases (8192, 8k), a fraction of the context from 0 to "
+                     f"1 (1/4) or null, got {value!r}")
 
 
 class SpeciesModule(L.LightningModule):
@@ -178,12 +217,13 @@ class SpeciesModule(L.LightningModule):
 class SpeciesDataModule(L.LightningDataModule):
     """Balanced random training windows and fixed val / test windows of a prepared species dataset.
 
-    ``setup()`` plans every window, so a context that some class cannot fill fails there, before training.
+    ``setup()`` plans every window, so a context that some class cannot fill fails there, before training. Test
+    windows start every ``test_stride`` bases (None: non-overlapping); validation windows never overlap.
     """
 
     def __init__(self, dataset: SpeciesDataset, seq_len: int, *, micro_batch_size: int, samples_per_epoch: int,
                  seed: int = 0, rc_prob: float = 0.5, max_n_fraction: float = 0.1, val_windows_per_class: int = 32,
-                 test_windows_per_class: int = 256, num_workers: int = 0):
+                 test_windows_per_class: int = 256, test_stride: int | None = None, num_workers: int = 0):
         super().__init__()
         self.dataset = dataset
         self.seq_len = seq_len
@@ -194,6 +234,7 @@ class SpeciesDataModule(L.LightningDataModule):
         self.max_n_fraction = max_n_fraction
         self.val_windows_per_class = val_windows_per_class
         self.test_windows_per_class = test_windows_per_class
+        self.test_stride = test_stride
         self.num_workers = num_workers
         self.datasets: dict[str, BalancedWindowDataset | EvalWindowDataset] = {}
 
@@ -205,7 +246,8 @@ class SpeciesDataModule(L.LightningDataModule):
             data, self.seq_len, num_samples=self.samples_per_epoch, seed=self.seed,
             reverse_complement_prob=self.rc_prob, max_n_fraction=self.max_n_fraction)
         self.datasets["test"] = EvalWindowDataset(data, data.eval_windows(
-            "test", self.seq_len, per_class=self.test_windows_per_class, max_n_fraction=self.max_n_fraction))
+            "test", self.seq_len, per_class=self.test_windows_per_class, max_n_fraction=self.max_n_fraction,
+            stride=self.test_stride))
         # Validation may be short of a class at long contexts (e.g. a 5% tail of a small genome): it only
         # monitors training, so it is allowed to be partial or empty.
         self.datasets["val"] = EvalWindowDataset(data, data.eval_windows(

@@ -27,6 +27,7 @@ from dna_mamba.model import DnaMambaConfig, fused_block
 from dna_mamba.species.dataset import (
     BalancedWindowDataset,
     EvalWindowDataset,
+    EvalWindows,
     SpeciesDataset,
     SplitConfig,
     default_dataset_dir,
@@ -160,7 +161,8 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
         dataset, seq_len, micro_batch_size=plan.micro_batch_size,
         samples_per_epoch=task.steps_per_epoch * plan.effective_batch, seed=seed,
         rc_prob=task.rc_prob, max_n_fraction=task.max_n_fraction, val_windows_per_class=task.val_windows_per_class,
-        test_windows_per_class=task.test_windows_per_class, num_workers=task.num_workers)
+        test_windows_per_class=task.test_windows_per_class, test_stride=task.test_stride_at(seq_len),
+        num_workers=task.num_workers)
     datamodule.setup("fit")  # plans every window now: a context some class cannot fill fails before training
 
     optim = replace(optim or OptimConfig(), lr=task.lr)
@@ -185,7 +187,7 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
           f"{' (frozen)' if task.freeze_backbone else ''} from {init_from or 'scratch'}; "
           f"batch {plan.micro_batch_size} x accumulate {plan.accumulate_grad_batches} x {devices} device(s) = "
           f"{plan.effective_batch} windows/step; test windows per class "
-          f"{datamodule.windows_per_class('test')}")
+          f"{datamodule.windows_per_class('test')}{_stride_note(datamodule.datasets['test'].windows)}")
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_resume(resume, out_dir))
     train_seconds = time.perf_counter() - start
@@ -211,6 +213,7 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
         "train_seconds": round(train_seconds, 1),
         "device": _device_name(module),
         "test_windows_per_class": datamodule.windows_per_class("test"),
+        "test_stride": datamodule.datasets["test"].windows.stride,
         "val": module.results.get("val"),
         "test": module.results.get("test"),
     }
@@ -228,6 +231,12 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
     write_json(out_dir / "results.json", results)
     _print_results(results)
     return results
+
+
+def _stride_note(windows: EvalWindows) -> str:
+    if windows.stride == windows.window:
+        return ""
+    return f" (overlapping: a window every {windows.stride:,} bases)"
 
 
 def _device_name(module: L.LightningModule) -> str:
@@ -256,21 +265,25 @@ def run_kmer_only(task: SpeciesTaskConfig, seq_len: int, out_dir: str | Path, *,
     train = BalancedWindowDataset(dataset, seq_len, num_samples=max(task.kmer_train_windows, dataset.num_classes),
                                   seed=seed, reverse_complement_prob=task.rc_prob, max_n_fraction=task.max_n_fraction)
     test = EvalWindowDataset(dataset, dataset.eval_windows("test", seq_len, per_class=task.test_windows_per_class,
-                                                           max_n_fraction=task.max_n_fraction))
+                                                           max_n_fraction=task.max_n_fraction,
+                                                           stride=task.test_stride_at(seq_len)))
     start = time.perf_counter()
     results = {"task": "species", "seq_len": seq_len, "classes": dataset.classes, "dataset": str(dataset.directory),
                "split": dataset.split, "test_windows_per_class": test.windows.per_class(dataset.num_classes),
-               **_baseline(task, dataset, train, test, seed)}
+               "test_stride": test.windows.stride, **_baseline(task, dataset, train, test, seed)}
     results["baseline_seconds"] = round(time.perf_counter() - start, 1)
     write_json(out_dir / "results.json", results)
     return results
 
 
 def check_contexts(task: SpeciesTaskConfig, dataset: SpeciesDataset, contexts: list[int]) -> None:
-    """Fail before any training if some class cannot fill a context (training or test windows)."""
+    """Fail before any training if some class cannot fill a context (training or test windows), or if the test
+    stride is longer than a context.
+    """
     for seq_len in contexts:
         dataset.train_regions(seq_len)
-        dataset.eval_windows("test", seq_len, per_class=1, max_n_fraction=task.max_n_fraction)
+        dataset.eval_windows("test", seq_len, per_class=1, max_n_fraction=task.max_n_fraction,
+                             stride=task.test_stride_at(seq_len))
 
 
 def run_species_sweep(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, trainer_config: TrainerConfig,

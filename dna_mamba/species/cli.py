@@ -30,6 +30,7 @@ The defaults are the Mamba paper's protocol: contexts 2^10 ... 2^20, 10 epochs x
 (gradient accumulation), lr 1e-4, head on the last token. Shorter runs for a quick look:
   dna-mamba species-sweep bacteria --contexts 1k,4k --model tiny --epochs 1 --steps-per-epoch 20 --out runs/sw
   dna-mamba species-sweep bacteria --contexts 1k,32k,256k --kmer-only --out runs/kmer   (baseline only)
+  dna-mamba species-sweep drosophila_chr4 --contexts 32k --test-stride 1/4 --out runs/dros   (4x the test windows)
   dna-mamba species-sweep bacteria --init-from runs/pretrain/model --accelerator gpu --precision bf16-mixed
 """
 
@@ -103,6 +104,11 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pooling", choices=("last", "mean"), default="last")
     parser.add_argument("--freeze-backbone", action="store_true", help="train the head only")
     parser.add_argument("--test-windows-per-class", type=int, default=256)
+    parser.add_argument("--test-stride", metavar="N|P/Q",
+                        help="bases between test-window starts (e.g. 8192 or 8k; at most the context), or a fraction "
+                        "of each context (e.g. 1/4: four times as many windows, overlapping). Default: the context "
+                        "(non-overlapping). Overlapping windows are correlated: more of them lower the variance from "
+                        "window placement but are not independent samples. The k-mer baseline uses the same windows")
     parser.add_argument("--val-windows-per-class", type=int, default=32)
     parser.add_argument("--kmer", default="4,5,6", help="k-mer sizes of the baseline (default 4,5,6)")
     parser.add_argument("--kmer-train-windows", type=int, default=2048)
@@ -154,8 +160,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
             freeze_backbone=args.freeze_backbone, lr=args.lr, epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
             val_windows_per_class=args.val_windows_per_class, test_windows_per_class=args.test_windows_per_class,
-            run_baseline=not args.no_baseline, kmer_ks=[int(k) for k in args.kmer.split(",") if k.strip()],
-            kmer_train_windows=args.kmer_train_windows)
+            test_stride=args.test_stride, run_baseline=not args.no_baseline,
+            kmer_ks=[int(k) for k in args.kmer.split(",") if k.strip()], kmer_train_windows=args.kmer_train_windows)
         gpu = args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available())
         trainer = TrainerConfig(out_dir=args.out, accelerator=args.accelerator,
                                 precision=args.precision or ("bf16-mixed" if gpu else "32-true"),

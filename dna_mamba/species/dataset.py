@@ -16,9 +16,10 @@ Split methods (``SplitConfig.method``):
   length), for genomes with no strains, such as one assembly per species.
 - ``auto``: ``genome`` when the manifest assigns splits or every class has two genomes or more, else ``region``.
 
-Windows never cross parts: evaluation windows tile val / test segments at least one window long, and training
-windows start at random offsets inside training segments at least one window long, so no base of a held-out
-genome, contig or region is ever in a training window.
+Windows never cross parts: evaluation windows tile val / test segments at least one window long (or, with an
+evaluation stride shorter than the window, overlap inside them), and training windows start at random offsets
+inside training segments at least one window long, so no base of a held-out genome, contig or region is ever in
+a training window.
 """
 
 from __future__ import annotations
@@ -253,15 +254,19 @@ class SpeciesDataset:
                 raise ValueError(self._too_short(c, "training", window, longest[c]))
         return regions
 
-    def eval_windows(self, part: str, window: int, *, per_class: int | None = None,
-                     max_n_fraction: float = 0.1, required: bool = True) -> EvalWindows:
-        """Fixed, non-overlapping windows tiling a part's segments, at most ``per_class`` per class.
+    def eval_windows(self, part: str, window: int, *, per_class: int | None = None, max_n_fraction: float = 0.1,
+                     required: bool = True, stride: int | None = None) -> EvalWindows:
+        """Fixed windows inside a part's segments, at most ``per_class`` per class.
 
-        A class with more windows keeps an evenly spaced subset (deterministic, spread over all its genomes).
+        Windows start every ``stride`` bases of each segment at least ``window`` long and end inside it; the
+        default (``stride`` = ``window``) tiles the segments without overlap. A shorter stride draws more windows
+        from a small held-out set; they overlap, so they lower the variance that window placement adds but are
+        not independent samples. A class with more than ``per_class`` windows keeps an evenly spaced subset
+        (deterministic, spread over all its genomes).
 
         Raises:
-            ValueError: (when ``required``) a class has no window in this part: its segments are all shorter than
-                ``window`` or too rich in N.
+            ValueError: ``stride`` is not an integer from 1 to ``window``; or (when ``required``) a class has no
+                window in this part: its segments are all shorter than ``window`` or too rich in N.
         """
         rows = []
         for c in range(self.num_classes):
@@ -271,7 +276,8 @@ class SpeciesDataset:
                     continue
                 segments = [s for s in genome.segments[part] if s.length >= window]
                 longest = max([longest] + [s.length for s in genome.segments[part]])
-                planned = plan_windows(self.store(g), segments, window, max_n_fraction=max_n_fraction)
+                planned = plan_windows(self.store(g), segments, window, max_n_fraction=max_n_fraction,
+                                       stride=stride)
                 found.append(np.column_stack([np.full(len(planned), g), planned]))
             windows = np.concatenate(found) if found else np.empty((0, 3), dtype=np.int64)
             if len(windows) == 0:
@@ -282,7 +288,7 @@ class SpeciesDataset:
                 windows = windows[np.unique(np.linspace(0, len(windows) - 1, per_class).round().astype(np.int64))]
             rows.append(np.column_stack([windows, np.full(len(windows), c)]))
         table = np.concatenate(rows).astype(np.int64) if rows else np.empty((0, 4), dtype=np.int64)
-        return EvalWindows(table[:, 0], table[:, 1], table[:, 2], table[:, 3], window)
+        return EvalWindows(table[:, 0], table[:, 1], table[:, 2], table[:, 3], window, stride or window)
 
     def _too_short(self, c: int, part: str, window: int, longest: int, max_n_fraction: float | None = None) -> str:
         label = self.classes[c]
@@ -310,6 +316,8 @@ class SpeciesDataset:
 class EvalWindows:
     """Fixed evaluation windows: genome index, contig index (into that genome's store), start, class index.
 
+    ``stride`` is the spacing they were planned at inside a segment: ``window`` when they do not overlap.
+
     Shapes:
         genome, contig, start, label: (M,) int64.
     """
@@ -319,6 +327,7 @@ class EvalWindows:
     start: np.ndarray
     label: np.ndarray
     window: int
+    stride: int
 
     def __len__(self) -> int:
         return len(self.start)

@@ -48,11 +48,13 @@ def _pct(value: float | None) -> str:
 def sweep_table(rows: Sequence[dict], ks: Sequence[int]) -> str:
     """Markdown table: one row per context with model and k-mer accuracies (%), windows and training cost.
 
-    Accuracies are over the fixed test windows (at most ``test windows / class`` of each class); ``steps × batch``
+    Accuracies are over the fixed test windows (at most ``test windows / class`` of each class; the stride follows
+    the counts when the windows overlap, since overlapping windows are not independent samples); ``steps × batch``
     counts optimizer steps and windows per step of the model, ``k-mer train windows`` the baseline's training set.
 
     Each row is a run's ``results.json`` dict (see ``run_species``): ``seq_len``, ``test`` metrics (absent for a
-    k-mer-only row), ``kmer`` results keyed by k, ``test_windows_per_class``, ``global_step``, ``train_seconds``.
+    k-mer-only row), ``kmer`` results keyed by k, ``test_windows_per_class``, ``test_stride`` (absent in runs made
+    before it existed: non-overlapping), ``global_step``, ``train_seconds``.
     """
     header = ["context", "model acc", "model bal. acc", "model macro-F1"]
     header += [f"{k}-mer acc" for k in ks] + ["test windows / class", "steps × batch", "train time",
@@ -63,6 +65,8 @@ def sweep_table(rows: Sequence[dict], ks: Sequence[int]) -> str:
         kmer = {int(k): v for k, v in (row.get("kmer") or {}).items()}
         per_class = row.get("test_windows_per_class") or []
         windows = f"{min(per_class)}–{max(per_class)}" if per_class else "—"
+        if row.get("test_stride", row["seq_len"]) < row["seq_len"]:
+            windows += f" (stride {context_label(row['test_stride'])})"
         steps = f"{row['global_step']} × {row['effective_batch']}" if "global_step" in row else "—"
         seconds = f"{row['train_seconds']:.0f} s" if "train_seconds" in row else "—"
         cells = [f"{context_label(row['seq_len'])} ({row['seq_len']:,})", _pct(test.get("accuracy")),
