@@ -13,6 +13,9 @@
 # Everything ends within BUDGET seconds (default 540): each stage runs under `timeout`, results are copied to $OUT
 # after each stage. One dataset per call with longer stages:
 #   ONLY=bacteria BUDGET=560 PRE_TIME=200 PRE_STEPS=850 FT_TIME_B=180 FT_STEPS_B=1400 bash ...pretrained.sh
+# From a backbone pretrained earlier (carried in .gpu_data), several contexts, overlapping test windows:
+#   ONLY=bacteria BACKBONE_B=.gpu_data/backbones/pre_b/model FT_CONTEXT_B=64k,256k FT_BATCH_B=16 TEST_STRIDE=1/4 ...
+# FT_CONTEXT_* may list contexts (comma-separated); the fine-tuning time is shared between them.
 # CPU smoke run (tiny model, a few steps):
 #   ACCEL=cpu MODEL=tiny PRE_CONTEXT=1k PRE_TOKENS=8192 PRE_STEPS=20 PRE_TIME=40 FT_CONTEXT_D=4k FT_STEPS_B=20 \
 #   FT_STEPS_D=4 FT_BATCH_B=16 FT_BATCH_D=8 FT_TIME_B=40 FT_TIME_D=40 KMER_WINDOWS=256 MB_TOKENS=16384 BUDGET=400 \
@@ -40,6 +43,9 @@ OVERHEAD=${OVERHEAD:-45}                # seconds a training command takes beyon
 FT_LR=${FT_LR:-1e-3}
 MB_TOKENS=${MB_TOKENS:-1048576}         # sweep: tokens per forward pass
 KMER_WINDOWS=${KMER_WINDOWS:-}          # default: 2048 below 32k, 512 from 32k (as run.sh)
+TEST_WINDOWS=${TEST_WINDOWS:-32}        # test windows per class, at most
+TEST_STRIDE=${TEST_STRIDE:-}            # species-sweep --test-stride (e.g. 1/4); default: non-overlapping windows
+BACKBONE_B=${BACKBONE_B:-}; BACKBONE_D=${BACKBONE_D:-}  # an exported model/ directory: skip steps 1-2 for that set
 INSTALL=${INSTALL:-$([[ $ACCEL == gpu ]] && echo 1 || echo 0)}
 PARITY=${PARITY:-$([[ $ACCEL == gpu ]] && echo 1 || echo 0)}
 
@@ -97,42 +103,52 @@ main()"
 PRE_BP=$(python3 -c "from dna_mamba.species.report import parse_context as p; print(p('$PRE_CONTEXT'))")
 TRAINER=$([[ $ACCEL == gpu ]] && echo gpu || echo cpu)
 
-run_dataset() {  # dataset tag context steps batch ft_time [split options...]
-  local ds=$1 tag=$2 ctx=$3 steps=$4 batch=$5 ft_time=$6; shift 6
+run_dataset() {  # dataset tag contexts steps batch ft_time backbone [split options...]
+  local ds=$1 tag=$2 ctx=$3 steps=$4 batch=$5 ft_time=$6 backbone=$7; shift 7
   local split=("$@") fa=$WORK/fa_$tag pre=$WORK/pre_$tag sweep=$WORK/sweep_$ds
-  local kmer=${KMER_WINDOWS:-$([[ $ctx =~ ^(1k|2k|4k|8k|16k)$ ]] && echo 2048 || echo 512)}
-  # 1. the training part of the species split, as the sweep below will cut it (same dataset dir and options)
-  TAIL=40 stage "${tag}_regions" 90 $(( 2 * OVERHEAD + 60 )) python3 benchmarks/species_gpu/train_regions.py "$ds" \
-    --data-root "$DATA_ROOT" --dataset-dir "$WORK/ds_$tag" --out "$fa" --min-length "$PRE_BP" "${split[@]}" \
-    || return
-  # 2. pretrain on those files only; its max_time leaves room for this dataset's fine-tuning
-  local files pre_t ft_t; files=$(paste -sd, "$fa/files.txt")
-  pre_t=$(( $(left) - 2 * OVERHEAD - ft_time - 20 )); (( pre_t > PRE_TIME )) && pre_t=$PRE_TIME
-  if (( pre_t < 20 )); then log "skip $ds: $(left) s left"; return; fi
-  stage "${tag}_pretrain" $(( pre_t + OVERHEAD )) $(( OVERHEAD + 30 )) python3 -c "$PIN" data=fasta \
-    "data.fasta=[$files]" model="$MODEL" context="$PRE_CONTEXT" trainer="$TRAINER" name="pre_$tag" out_dir="$pre" \
-    trainer.tokens_per_step="$PRE_TOKENS" trainer.micro_batch_tokens="$PRE_TOKENS" trainer.max_steps="$PRE_STEPS" \
-    trainer.max_time="$(hms "$pre_t")" trainer.val_check_interval=$(( PRE_STEPS / 2 > 0 ? PRE_STEPS / 2 : 1 )) \
-    trainer.checkpoint_every_n_steps=$(( PRE_STEPS / 4 > 0 ? PRE_STEPS / 4 : 1 )) trainer.log_every_n_steps=25 \
-    trainer.enable_progress_bar=false optim.lr="$PRE_LR" data.num_workers="$PRE_WORKERS" data.cache_dir="$WORK/cache"
-  if [[ ! -f $pre/model/config.json && -f $pre/checkpoints/last.ckpt ]]; then  # cut short: export the last checkpoint
-    stage "${tag}_export" 60 $(( OVERHEAD + 20 )) python3 -m dna_mamba.cli export "$pre/checkpoints/last.ckpt" \
-      --out "$pre/model"
+  local kmer=${KMER_WINDOWS:-$([[ $ctx =~ ^((1k|2k|4k|8k|16k),?)+$ ]] && echo 2048 || echo 512)}
+  local n_ctx ft_t; n_ctx=$(tr ',' '\n' <<< "$ctx" | grep -c .)
+  if [[ -n $backbone ]]; then
+    [[ -f $backbone/config.json ]] || { log "$ds: $backbone has no config.json"; return; }
+    mkdir -p "$pre"; cp -r "$backbone" "$pre/model"; log "$ds: fine-tuning from $backbone (no pretraining)"
+  else
+    # 1. the training part of the species split, as the sweep below will cut it (same dataset dir and options)
+    TAIL=40 stage "${tag}_regions" 90 $(( 2 * OVERHEAD + 60 )) python3 benchmarks/species_gpu/train_regions.py "$ds" \
+      --data-root "$DATA_ROOT" --dataset-dir "$WORK/ds_$tag" --out "$fa" --min-length "$PRE_BP" "${split[@]}" \
+      || return
+    # 2. pretrain on those files only; its max_time leaves room for this dataset's fine-tuning
+    local files pre_t; files=$(paste -sd, "$fa/files.txt")
+    pre_t=$(( $(left) - 2 * OVERHEAD - ft_time - 20 )); (( pre_t > PRE_TIME )) && pre_t=$PRE_TIME
+    if (( pre_t < 20 )); then log "skip $ds: $(left) s left"; return; fi
+    stage "${tag}_pretrain" $(( pre_t + OVERHEAD )) $(( OVERHEAD + 30 )) python3 -c "$PIN" data=fasta \
+      "data.fasta=[$files]" model="$MODEL" context="$PRE_CONTEXT" trainer="$TRAINER" name="pre_$tag" out_dir="$pre" \
+      trainer.tokens_per_step="$PRE_TOKENS" trainer.micro_batch_tokens="$PRE_TOKENS" trainer.max_steps="$PRE_STEPS" \
+      trainer.max_time="$(hms "$pre_t")" trainer.val_check_interval=$(( PRE_STEPS / 2 > 0 ? PRE_STEPS / 2 : 1 )) \
+      trainer.checkpoint_every_n_steps=$(( PRE_STEPS / 4 > 0 ? PRE_STEPS / 4 : 1 )) trainer.log_every_n_steps=25 \
+      trainer.enable_progress_bar=false optim.lr="$PRE_LR" data.num_workers="$PRE_WORKERS" data.cache_dir="$WORK/cache"
+    if [[ ! -f $pre/model/config.json && -f $pre/checkpoints/last.ckpt ]]; then  # cut short: export the last checkpoint
+      stage "${tag}_export" 60 $(( OVERHEAD + 20 )) python3 -m dna_mamba.cli export "$pre/checkpoints/last.ckpt" \
+        --out "$pre/model"
+    fi
+    save
   fi
-  save
   [[ -f $pre/model/config.json ]] || { log "$ds: no pretrained model, no fine-tuning"; return; }
   ls -l "$pre/model"
   # 3. fine-tune from it, the k-mer baseline on the same test windows; training time fits what is left
   ft_t=$(( $(left) - OVERHEAD - 10 )); (( ft_t > ft_time )) && ft_t=$ft_time
   if (( ft_t < 15 )); then log "skip fine-tuning $ds: $(left) s left"; return; fi
-  stage "${tag}_finetune_$ctx" $(( ft_t + OVERHEAD )) 0 python3 benchmarks/species_gpu/sweep_pinned.py "$ds" \
+  local per_ctx=$(( (ft_t - OVERHEAD * (n_ctx - 1)) / n_ctx ))  # each further context starts and evaluates anew
+  local stride=(); [[ -n $TEST_STRIDE ]] && stride=(--test-stride "$TEST_STRIDE")
+  stage "${tag}_finetune_${ctx//,/_}" $(( ft_t + OVERHEAD )) 0 python3 benchmarks/species_gpu/sweep_pinned.py "$ds" \
     --out "$sweep" --dataset-dir "$WORK/ds_$tag" --contexts "$ctx" --steps-per-epoch "$steps" --batch-size "$batch" \
-    --max-time-per-context "$(hms "$ft_t")" --title "$ds, backbone pretrained on its training split" \
+    --max-time-per-context "$(hms "$per_ctx")" --title "$ds, backbone pretrained on its training split" \
     --data-root "$DATA_ROOT" --init-from "$pre/model" --epochs 1 --lr "$FT_LR" --pooling mean \
-    --test-windows-per-class 32 --val-windows-per-class 4 --accelerator "$ACCEL" --micro-batch-tokens "$MB_TOKENS" \
-    --kmer-train-windows "$kmer" --quiet "${split[@]}"
-  # the split the sweep used is the one pretraining was cut from
-  if [[ -f $WORK/ds_$tag/species.json ]] && sha256sum "$WORK/ds_$tag/species.json" | cut -d' ' -f1 \
+    --test-windows-per-class "$TEST_WINDOWS" "${stride[@]}" --val-windows-per-class 4 --accelerator "$ACCEL" \
+    --micro-batch-tokens "$MB_TOKENS" --kmer-train-windows "$kmer" --quiet "${split[@]}"
+  # the split the sweep used is the one pretraining was cut from (a carried backbone: cut in an earlier call)
+  if [[ -n $backbone ]]; then
+    log "$ds: backbone from $backbone; its split was cut with the same options in the call that pretrained it"
+  elif [[ -f $WORK/ds_$tag/species.json ]] && sha256sum "$WORK/ds_$tag/species.json" | cut -d' ' -f1 \
       | grep -qx "$(cut -d' ' -f1 "$fa/species.json.sha256")"; then
     log "$ds: the sweep's split (species.json) is the one pretraining was cut from"
   else
@@ -143,9 +159,10 @@ run_dataset() {  # dataset tag context steps batch ft_time [split options...]
 
 for ds in $ONLY; do
   case $ds in
-    bacteria) run_dataset bacteria b "$FT_CONTEXT_B" "$FT_STEPS_B" "$FT_BATCH_B" "$FT_TIME_B" --split genome ;;
+    bacteria) run_dataset bacteria b "$FT_CONTEXT_B" "$FT_STEPS_B" "$FT_BATCH_B" "$FT_TIME_B" "$BACKBONE_B" \
+      --split genome ;;
     drosophila_chr4) run_dataset drosophila_chr4 d "$FT_CONTEXT_D" "$FT_STEPS_D" "$FT_BATCH_D" "$FT_TIME_D" \
-      --test-fraction 0.25 ;;
+      "$BACKBONE_D" --test-fraction 0.25 ;;
     *) log "unknown dataset $ds" ;;
   esac
 done
@@ -167,9 +184,10 @@ for ds, tag in (("bacteria", "b"), ("drosophila_chr4", "d")):
         p = json.loads((pre / "summary.json").read_text())
         pre_text = (f"{p['global_step']}, {p['train_seconds']:.0f} s, {p['val_bits_per_base']:.3f} "
                     f"({p.get('markov_bits_per_base', float('nan')):.3f})")
-    elif (pre / "model" / "config.json").is_file():  # cut short, exported from last.ckpt
+    elif (pre / "model" / "config.json").is_file():  # cut short and exported from last.ckpt, or carried in
         meta = json.loads((pre / "model" / "config.json").read_text()).get("metadata", {})
-        pre_text = f"{meta.get('global_step', '?')} (cut short; from last.ckpt)"
+        how = "cut short; from last.ckpt" if (work / f"fa_{tag}").is_dir() else "carried from an earlier call"
+        pre_text = f"{meta.get('global_step', '?')} ({how})"
     else:
         pre_text = "—"
     for path in sorted((work / f"sweep_{ds}").glob("context_*/results.json")):
@@ -179,9 +197,10 @@ for ds, tag in (("bacteria", "b"), ("drosophila_chr4", "d")):
         print(f"| {ds} | {path.parent.name.removeprefix('context_')} | {acc(test)} | {acc(test, 'balanced_accuracy')} "
               f"| {acc(kmer.get('4'))} | {acc(kmer.get('5'))} | {acc(kmer.get('6'))} | {min(per)}–{max(per)} | "
               f"{r.get('global_step')} x {r.get('effective_batch')}, {r.get('train_seconds', 0):.0f} s | {pre_text} |")
+        files = work / f"fa_{tag}" / "files.txt"
         notes.append(f"{ds}: fine-tuned from {r.get('init_from')}; pretraining files: "
-                     f"{len((work / f'fa_{tag}' / 'files.txt').read_text().split())} (fa_{tag}/regions.tsv)")
-print("\n" + "\n".join(notes))
+                     + (f"{len(files.read_text().split())} (fa_{tag}/regions.tsv)" if files.is_file() else "—"))
+print("\n" + "\n".join(dict.fromkeys(notes)))
 EOF
 save
 log "done"
