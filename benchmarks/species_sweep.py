@@ -1,10 +1,10 @@
 """Join a model sweep and a k-mer sweep run on different machines into one table and plot.
 
 The model sweep is the expensive part (a GPU); the k-mer baseline needs only CPUs. Both draw their windows from
-``(manifest, split, seed, test windows per class)`` alone, so running ``dna-mamba species-sweep`` twice with the
-same settings, once with ``--no-baseline`` on the GPU and once with ``--kmer-only`` on a CPU, scores the two on
-exactly the same windows. This script checks that (same split, classes and test windows per class at every
-context) and writes the joint ``sweep.md`` and ``sweep.png``::
+``(manifest, split, seed, test windows per class, test stride)`` alone, so running ``dna-mamba species-sweep``
+twice with the same settings, once with ``--no-baseline`` on the GPU and once with ``--kmer-only`` on a CPU,
+scores the two on exactly the same windows. This script checks that (same split, classes, test windows per
+class and test stride at every context) and writes the joint ``sweep.md`` and ``sweep.png``::
 
     python benchmarks/species_sweep.py --model runs/gpu_sweep --kmer runs/kmer_sweep --out docs/species \\
         --title "bacteria, held-out strains"
@@ -37,10 +37,13 @@ def join(model: dict[int, dict], kmer: dict[int, dict]) -> list[dict]:
         row = dict(model.get(seq_len) or kmer[seq_len])
         other = kmer.get(seq_len)
         if seq_len in model and other is not None:
-            for key in ("split", "classes", "test_windows_per_class"):
-                if row.get(key) != other.get(key):
-                    raise ValueError(f"context {seq_len}: the runs differ in {key} ({row.get(key)} vs "
-                                     f"{other.get(key)}), so they were not scored on the same windows")
+            # Runs from before the test stride existed have no key: their windows did not overlap.
+            stride = {"test_stride": seq_len}
+            for key in ("split", "classes", "test_windows_per_class", "test_stride"):
+                mine, theirs = (r.get(key, stride.get(key)) for r in (row, other))
+                if mine != theirs:
+                    raise ValueError(f"context {seq_len}: the runs differ in {key} ({mine} vs {theirs}), so they "
+                                     f"were not scored on the same windows")
             row["kmer"] = other["kmer"]
             row["kmer_train_windows"] = other.get("kmer_train_windows")
         joined.append(row)

@@ -6,6 +6,7 @@ on two cores; it checks the plumbing and the files a run writes, not accuracy.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -225,6 +226,28 @@ def test_test_stride_longer_than_a_context_fails_before_any_run(sweep: Path, tmp
     err = capsys.readouterr().err
     assert "stride must be an integer from 1 to the window (128), got 200" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "context_256").exists()
+
+
+def _species_sweep_join():
+    """benchmarks/species_sweep.py's join (a script, not a package module)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "species_sweep.py"
+    spec = importlib.util.spec_from_file_location("species_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.join
+
+
+def test_joining_sweeps_refuses_runs_scored_on_other_windows() -> None:
+    join = _species_sweep_join()
+    base = {"seq_len": 1024, "split": {"method": "genome"}, "classes": ["a", "b"], "test_windows_per_class": [4, 4]}
+    model = dict(base, test={"accuracy": 0.9})
+    kmer = dict(base, kmer={"4": {"accuracy": 0.8}})  # a run from before the stride existed: no overlap
+    assert join({1024: model}, {1024: kmer})[0]["kmer"] == kmer["kmer"]
+    assert join({1024: dict(model, test_stride=1024)}, {1024: kmer})[0]["test"] == model["test"]
+    with pytest.raises(ValueError, match="test_stride"):
+        join({1024: dict(model, test_stride=256)}, {1024: kmer})
+    with pytest.raises(ValueError, match="classes"):
+        join({1024: model}, {1024: dict(kmer, classes=["b", "a"])})
 
 
 def test_memory_settings_checkpoint_blocks_and_refuse_segments(monkeypatch) -> None:
