@@ -37,10 +37,10 @@ def join(model: dict[int, dict], kmer: dict[int, dict]) -> list[dict]:
         row = dict(model.get(seq_len) or kmer[seq_len])
         other = kmer.get(seq_len)
         if seq_len in model and other is not None:
-            # Runs from before the test stride existed have no key: their windows did not overlap.
-            stride = {"test_stride": seq_len}
+            # Runs from before the test stride existed have no key: their windows did not overlap (stride = context).
+            defaults = {"test_stride": seq_len}
             for key in ("split", "classes", "test_windows_per_class", "test_stride"):
-                mine, theirs = (r.get(key, stride.get(key)) for r in (row, other))
+                mine, theirs = (r.get(key, defaults.get(key)) for r in (row, other))
                 if mine != theirs:
                     raise ValueError(f"context {seq_len}: the runs differ in {key} ({mine} vs {theirs}), so they "
                                      f"were not scored on the same windows")
