@@ -89,7 +89,7 @@ class _Config:
     block_d_bwd: int  # the same for the backward
     block_n: int  # N rounded up to a power of two
     t_tile: int  # forward steps per loaded tile, unrolled
-    t_tile_bwd: int  # the same for the backward
+    t_tile_bwd: int  # the same for the backward's forward-in-time kernel
     maxnreg: int | None  # register cap of the forward kernels (None: the compiler's choice)
     chunk_len: int  # steps per chunk; chunks are the unit of sequence parallelism
     n_chunks: int
@@ -97,6 +97,8 @@ class _Config:
     prefetch_io: bool = False  # whether they also prefetch the per-channel tiles (u, delta, z, ...)
     lane_sums: bool = False  # the backward sums dB/dC over a warp's channels by reduce-scatter (triton._lane_sum_ptx)
     fast_math: bool = False  # the forward's softplus and sigmoid through the GPU's approximate lg2 / rcp
+    t_tile_rev: int = 1  # the same for its reverse-in-time kernel
+    fast_math_bwd: bool = False  # fast_math in the backward kernels
 
 
 # Channels per program of the chunk combine, a short sequential pass over the chunks: one warp each, so that a
@@ -109,9 +111,10 @@ def _sm_count(device: torch.device) -> int:
     return cuda_sm_count(device) if device.type == "cuda" else 2
 
 
-# Overrides of _config's choices, for benchmarks/bench_scan.py --variants and tests only (keys: block_d,
-# block_d_bwd, t_tile, t_tile_bwd, maxnreg, maxnreg_bwd, programs_per_sm, chunk_len (a multiple of the tiles),
-# prefetch (tiles ahead; 0 turns the prefetch off), lane_sums and fast_math (0 or 1)).
+# Overrides of _config's choices, for benchmarks/bench_scan.py --variants and tests only. Keys: block_d,
+# block_d_bwd, t_tile, t_tile_bwd (the backward's forward-in-time kernel), t_tile_rev (its reverse-in-time one),
+# maxnreg, maxnreg_bwd (both backward kernels), maxnreg_rev, programs_per_sm, chunk_len (a multiple of the tiles),
+# prefetch (tiles ahead; 0 turns the prefetch off), and 0 / 1 switches lane_sums, fast_math, fast_math_bwd.
 _TUNING: dict[str, int] = {}
 
 
@@ -152,10 +155,26 @@ def _config(
     # Enough chunks that every SM holds a few programs; a chunk much shorter than ~256 steps would spend more
     # on its boundary state and the combine than it gains.
     sms = _sm_count(device) if sms is None else sms
-    want_chunks = triton.cdiv(_TUNING.get("programs_per_sm", 4) * sms, programs_per_chunk)
-    step = max(t_tile, t_tile_bwd)  # both powers of two: chunks hold whole tiles of either pass
+    # The reverse-in-time kernel walks 1-step tiles at N <= 32: 80 registers instead of 128, and S0's backward
+    # 62.9 -> 62.1 ms, S1 D 256 10.88 -> 10.78, D 512 21.35 -> 21.09 (H100); the forward-in-time kernel keeps 2.
+    t_tile_rev = _TUNING.get("t_tile_rev", 1 if block_n <= 32 and t_tile_bwd == 2 else t_tile_bwd)
+    step = max(t_tile, t_tile_bwd, t_tile_rev)  # all powers of two: chunks hold whole tiles of every pass
     min_chunk = 256 if device.type == "cuda" else 2 * step
-    chunk_len = max(min_chunk, triton.cdiv(triton.cdiv(seqlen, want_chunks), step) * step)
+
+    def chunk_len_at(programs_per_sm: int) -> int:
+        want_chunks = triton.cdiv(programs_per_sm * sms, programs_per_chunk)
+        return max(min_chunk, triton.cdiv(triton.cdiv(seqlen, want_chunks), step) * step)
+
+    # 4 forward programs per SM fill an H100 once (4 warps each at 128 registers). Where that already cuts the
+    # sequence into chunks, 3 (or 2) waves of programs even out the SMs' finishing times, as long as chunks keep
+    # 2048 steps or more (H100, fwd / bwd ms: S0 24.6 / 62.3 -> 23.8 / 60.9 at 12 per SM; S1 D 512 8.36 / 21.07
+    # -> 8.21 / 20.61; D 256 would get 1324-step chunks and lose, 4.40 -> 4.64 ms forward; 6 per SM, 1.5 waves,
+    # lost everywhere: S0 26.8 / 68.3). A single chunk stays single: it needs no chunk-local pass at all.
+    chunk_len = chunk_len_at(4)
+    if "programs_per_sm" in _TUNING:
+        chunk_len = chunk_len_at(_TUNING["programs_per_sm"])
+    elif chunk_len < seqlen and block_n <= 16:  # measured with the 128-register forward of N <= 16
+        chunk_len = next((c for c in (chunk_len_at(12), chunk_len_at(8)) if c >= 2048), chunk_len)
     chunk_len = min(_TUNING.get("chunk_len", chunk_len), triton.cdiv(seqlen, step) * step)
     # The next tile's B/C rows (and, channel-last, its per-channel tiles: see triton._prefetch) are prefetched into
     # L1 on a GPU: S0 forward 43.0 -> 39.1 ms and backward 90.1 -> 80.9 at the tiles of that time.
@@ -164,9 +183,11 @@ def _config(
     # below 8 states it would shuffle more than tl.sum does.
     lane_sums = device.type == "cuda" and block_d_bwd == 32 and block_n >= 8
     lane_sums = bool(_TUNING.get("lane_sums", lane_sums))
+    fast_math = bool(_TUNING.get("fast_math", device.type == "cuda"))
     return _Config(
         block_d, block_d_bwd, block_n, t_tile, t_tile_bwd, maxnreg, chunk_len, triton.cdiv(seqlen, chunk_len),
-        prefetch, channel_last and prefetch > 0, lane_sums, bool(_TUNING.get("fast_math", device.type == "cuda")),
+        prefetch, channel_last and prefetch > 0, lane_sums, fast_math, t_tile_rev,
+        fast_math and bool(_TUNING.get("fast_math_bwd", 0)),
     )
 
 
@@ -231,7 +252,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
     cfg = _config(batch, dim, groups, dstate, seqlen, u.device, channel_last=u.stride(1) == 1 and seqlen > 1)
     dev = u.device
     n_dblk = triton.cdiv(dim // groups, cfg.block_d)
-    bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd))
+    bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd, cfg.t_tile_rev))
     a2t = _a2t(A, cfg.block_n)
     Df = None if D is None else D.float().contiguous()
     biasf = None if delta_bias is None else delta_bias.float().contiguous()
@@ -287,7 +308,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
     dev = u.device
     if dy is None:
         dy = torch.zeros_like(u)
-    bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd))
+    bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd, cfg.t_tile_rev))
     bc_len = bc.shape[2]
     a2t = _a2t(A, cfg.block_n)
     Df = None if D is None else D.float().contiguous()
@@ -298,16 +319,19 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
     beta = _new(batch, seqlen, dim, device=dev).transpose(1, 2)  # read in (step, channel) rows
     meta = dict(
         HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        BLOCK_D=cfg.block_d_bwd, BLOCK_N=cfg.block_n, T_TILE=cfg.t_tile_bwd,
+        BLOCK_D=cfg.block_d_bwd, BLOCK_N=cfg.block_n,
         num_warps=max(1, cfg.block_d_bwd // 32), PREFETCH=cfg.prefetch, PREFETCH_IO=cfg.prefetch_io,
-        # The approximate softplus / sigmoid speed up the forward (S0 27.6 -> 24.9 ms) but slowed the backward
-        # (62.7 -> 67.8 ms, H100), so the backward keeps the precise ones.
-        FAST_MATH=False, CHANNEL_LAST=_channel_last(u, delta, z, dy, du, ddelta, dz, beta, y_out), **LAUNCH_OPTIONS,
+        # The approximate softplus / sigmoid speed up the forward (S0 27.6 -> 24.9 ms) but slow the backward
+        # (62.9 -> 67.4 ms, H100; measured again in the eighth session, though they cut its instructions per
+        # (l, d, n) from 54 to 48), so the backward keeps the precise ones unless fast_math_bwd is set.
+        FAST_MATH=cfg.fast_math_bwd, CHANNEL_LAST=_channel_last(u, delta, z, dy, du, ddelta, dz, beta, y_out),
+        **LAUNCH_OPTIONS,
     )
     # The reduce-scatter needs one channel per lane, which the channel-last form of the addresses guarantees.
     meta["LANE_SUMS"] = cfg.lane_sums and meta["CHANNEL_LAST"]
     if "maxnreg_bwd" in _TUNING:
         meta["maxnreg"] = _TUNING["maxnreg_bwd"]
+    rev_opts = {"maxnreg": _TUNING["maxnreg_rev"]} if "maxnreg_rev" in _TUNING else {}
     gloc = _new(*states.shape, device=dev)
     carries = _new(*states.shape, device=dev)
     dtsum = _new(batch, cfg.n_chunks + 1, dim, device=dev)
@@ -326,7 +350,8 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
         common = (u, delta, zz, dy, a2t, _dummy(Df, a2t), _dummy(biasf, a2t), bc, states)
         kernels._bwd_forward_kernel[grid](
             *common, _dummy(dz, u), _dummy(y_out, u), beta, dbc, dA, mom, gloc, dtsum, dD, *dims, *in_strides,
-            *_strides(dz), *_strides(y_out), HAS_D=D is not None, STORE_Y=y_out is not None, **meta,
+            *_strides(dz), *_strides(y_out), HAS_D=D is not None, STORE_Y=y_out is not None, T_TILE=cfg.t_tile_bwd,
+            **meta,
         )
         kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, _COMBINE_BLOCK_D))](
             a2t, dtsum, gloc, _dummy(dfinal, a2t), carries, dinit, dim, cfg.n_chunks, dstate, *_strides(dfinal),
@@ -335,7 +360,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
         )
         kernels._bwd_reverse_kernel[grid](
             *common, carries, beta, du, ddelta, dbc, dbias, *dims, *in_strides, *du.stride(), *ddelta.stride(),
-            HAS_D=D is not None, **meta,
+            HAS_D=D is not None, T_TILE=cfg.t_tile_rev, **(meta | rev_opts),
         )
     # Per-chunk and per-channel-block partials, summed in a fixed order: bit-identical results every run.
     n_chunks = cfg.n_chunks

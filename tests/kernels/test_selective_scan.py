@@ -163,6 +163,16 @@ def test_channel_last_strided_inputs():
     check_against_oracle(inputs, backend="triton")
 
 
+@pytest.mark.parametrize("tiles", [(1, 4), (4, 2)], ids=["fwd1-rev4", "fwd4-rev2"])
+def test_backward_kernels_with_their_own_tile_lengths(monkeypatch, tiles):
+    """The backward's forward-in-time and reverse-in-time kernels may walk different tile lengths; beta, which
+    the first writes per step and the second reads, and the chunk boundaries must still line up (ragged L)."""
+    monkeypatch.setitem(scan_interface._TUNING, "t_tile_bwd", tiles[0])
+    monkeypatch.setitem(scan_interface._TUNING, "t_tile_rev", tiles[1])
+    inputs = make_inputs(1, 6, 4, 45, 1, layout="channel_last", seed=8)
+    check_against_oracle(inputs, backend="triton")
+
+
 def test_without_final_state_gradient():
     inputs = make_inputs(2, 7, 4, 40, 1, seed=4)
     check_against_oracle(inputs, backend="triton", grad_final=False)
