@@ -51,8 +51,10 @@ def shapes(names: list[str]) -> list[tuple[str, tuple[int, int, int, int]]]:
             out += [("S3", (1, 1536, n, 1 << 18)) for n in (8, 16, 32, 64)]
         elif name == "S4":
             out.append(("S4", (1, 2048, 16, 1 << 20)))
+        elif name == "P":  # the pieces of 2^18 steps that the model's fused blocks scan, d_model 256 and 512
+            out += [("P", (1, 512, 16, 1 << 18)), ("P", (1, 1024, 16, 1 << 18))]
         else:
-            raise SystemExit(f"unknown shape group {name!r}; use S0..S4")
+            raise SystemExit(f"unknown shape group {name!r}; use S0..S4 or P")
     return out
 
 

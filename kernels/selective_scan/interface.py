@@ -99,6 +99,7 @@ class _Config:
     fast_math: bool = False  # the forward's softplus and sigmoid through the GPU's approximate lg2 / rcp
     t_tile_rev: int = 1  # the same for its reverse-in-time kernel
     fast_math_bwd: bool = False  # fast_math in the backward kernels
+    combine_prefetch: int = 0  # chunks ahead that the chunk combine prefetches into L1; 0: none
 
 
 # Channels per program of the chunk combine, a short sequential pass over the chunks: one warp each, so that a
@@ -114,7 +115,8 @@ def _sm_count(device: torch.device) -> int:
 # Overrides of _config's choices, for benchmarks/bench_scan.py --variants and tests only. Keys: block_d,
 # block_d_bwd, t_tile, t_tile_bwd (the backward's forward-in-time kernel), t_tile_rev (its reverse-in-time one),
 # maxnreg, maxnreg_bwd (both backward kernels), maxnreg_rev, programs_per_sm, chunk_len (a multiple of the tiles),
-# prefetch (tiles ahead; 0 turns the prefetch off), and 0 / 1 switches lane_sums, fast_math, fast_math_bwd.
+# prefetch (tiles ahead; 0 turns the prefetch off), combine_prefetch (chunks ahead), and the 0 / 1 switches
+# lane_sums, fast_math, fast_math_bwd.
 _TUNING: dict[str, int] = {}
 
 
@@ -188,6 +190,7 @@ def _config(
         block_d, block_d_bwd, block_n, t_tile, t_tile_bwd, maxnreg, chunk_len, triton.cdiv(seqlen, chunk_len),
         prefetch, channel_last and prefetch > 0, lane_sums, fast_math, t_tile_rev,
         fast_math and bool(_TUNING.get("fast_math_bwd", 0)),
+        _TUNING.get("combine_prefetch", 8) if prefetch else 0,
     )
 
 
@@ -284,7 +287,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
             a2t, dtsum, hloc, _dummy(initial_state, a2t), states, final, dim, cfg.n_chunks, dstate,
             *_strides(initial_state),
             HAS_FIRST=initial_state is not None, REVERSE=False, BLOCK_N=cfg.block_n, BLOCK_D=_COMBINE_BLOCK_D,
-            num_warps=1, **LAUNCH_OPTIONS,
+            PREFETCH=cfg.combine_prefetch, num_warps=1, **LAUNCH_OPTIONS,
         )
         kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks)](*ptrs, *dims, *strides, LOCAL=False, **meta)
     return y, final, states, cfg
@@ -356,7 +359,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
         kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, _COMBINE_BLOCK_D))](
             a2t, dtsum, gloc, _dummy(dfinal, a2t), carries, dinit, dim, cfg.n_chunks, dstate, *_strides(dfinal),
             HAS_FIRST=dfinal is not None, REVERSE=True, BLOCK_N=cfg.block_n, BLOCK_D=_COMBINE_BLOCK_D,
-            num_warps=1, **LAUNCH_OPTIONS,
+            PREFETCH=cfg.combine_prefetch, num_warps=1, **LAUNCH_OPTIONS,
         )
         kernels._bwd_reverse_kernel[grid](
             *common, carries, beta, du, ddelta, dbc, dbias, *dims, *in_strides, *du.stride(), *ddelta.stride(),
