@@ -135,14 +135,16 @@ def sass_counts(dstate: int = 16) -> None:
     base = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, BLOCK_N=cfg.block_n, PREFETCH=1, PREFETCH_IO=True,
                 FAST_MATH=cfg.fast_math, CHANNEL_LAST=True)
     fwd = dict(base, BLOCK_D=cfg.block_d, T_TILE=cfg.t_tile)
-    bwd = dict(base, BLOCK_D=cfg.block_d_bwd, LANE_SUMS=cfg.lane_sums, FAST_MATH=cfg.fast_math_bwd)
+    bwd = dict(base, BLOCK_D=cfg.block_d_bwd, LANE_SUMS=cfg.lane_sums)
     fwd_opts = {"num_warps": cfg.block_d // 32} | ({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}) | LAUNCH_OPTIONS
     bwd_opts = {"num_warps": cfg.block_d_bwd // 32} | LAUNCH_OPTIONS
+    fit = dict(bwd, T_TILE=cfg.t_tile_bwd, FAST_MATH=bool(cfg.fast_math_bwd & 1))
+    rev = dict(bwd, T_TILE=cfg.t_tile_rev, FAST_MATH=bool(cfg.fast_math_bwd & 2))
     jobs = [
         ("fwd local (pass 1)", kernels._fwd_kernel, dict(fwd, LOCAL=True), fwd_opts),
         ("fwd output (pass 3)", kernels._fwd_kernel, dict(fwd, LOCAL=False), fwd_opts),
-        ("bwd forward-in-time", kernels._bwd_forward_kernel, dict(bwd, T_TILE=cfg.t_tile_bwd), bwd_opts),
-        ("bwd reverse-in-time", kernels._bwd_reverse_kernel, dict(bwd, T_TILE=cfg.t_tile_rev), bwd_opts),
+        ("bwd forward-in-time", kernels._bwd_forward_kernel, fit, bwd_opts),
+        ("bwd reverse-in-time", kernels._bwd_reverse_kernel, rev, bwd_opts),
     ]
     print(f"SASS per (l, d, n), sm_90, bf16 I/O, N={dstate}: forward BLOCK_D={cfg.block_d} T_TILE={cfg.t_tile}"
           f" maxnreg={cfg.maxnreg}, backward BLOCK_D={cfg.block_d_bwd} T_TILE={cfg.t_tile_bwd} / {cfg.t_tile_rev}"

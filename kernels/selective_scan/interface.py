@@ -98,7 +98,7 @@ class _Config:
     lane_sums: bool = False  # the backward sums dB/dC over a warp's channels by reduce-scatter (triton._lane_sum_ptx)
     fast_math: bool = False  # the forward's softplus and sigmoid through the GPU's approximate lg2 / rcp
     t_tile_rev: int = 1  # the same for its reverse-in-time kernel
-    fast_math_bwd: bool = False  # fast_math in the backward kernels
+    fast_math_bwd: int = 0  # fast_math in the backward kernels: bit 0 the forward-in-time one, bit 1 the reverse
     combine_prefetch: int = 0  # chunks ahead that the chunk combine prefetches into L1; 0: none
 
 
@@ -116,7 +116,7 @@ def _sm_count(device: torch.device) -> int:
 # block_d_bwd, t_tile, t_tile_bwd (the backward's forward-in-time kernel), t_tile_rev (its reverse-in-time one),
 # maxnreg, maxnreg_bwd (both backward kernels), maxnreg_rev, programs_per_sm, chunk_len (a multiple of the tiles),
 # prefetch (tiles ahead; 0 turns the prefetch off), combine_prefetch (chunks ahead), and the 0 / 1 switches
-# lane_sums, fast_math, fast_math_bwd.
+# lane_sums and fast_math, and fast_math_bwd (bit 0: the backward's forward-in-time kernel, bit 1: its reverse one).
 _TUNING: dict[str, int] = {}
 
 
@@ -189,7 +189,7 @@ def _config(
     return _Config(
         block_d, block_d_bwd, block_n, t_tile, t_tile_bwd, maxnreg, chunk_len, triton.cdiv(seqlen, chunk_len),
         prefetch, channel_last and prefetch > 0, lane_sums, fast_math, t_tile_rev,
-        fast_math and bool(_TUNING.get("fast_math_bwd", 0)),
+        _TUNING.get("fast_math_bwd", 0) if fast_math else 0,
         _TUNING.get("combine_prefetch", 8) if prefetch else 0,
     )
 
@@ -327,7 +327,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
         # The approximate softplus / sigmoid speed up the forward (S0 27.6 -> 24.9 ms) but slow the backward
         # (62.9 -> 67.4 ms, H100; measured again in the eighth session, though they cut its instructions per
         # (l, d, n) from 54 to 48), so the backward keeps the precise ones unless fast_math_bwd is set.
-        FAST_MATH=cfg.fast_math_bwd, CHANNEL_LAST=_channel_last(u, delta, z, dy, du, ddelta, dz, beta, y_out),
+        CHANNEL_LAST=_channel_last(u, delta, z, dy, du, ddelta, dz, beta, y_out),
         **LAUNCH_OPTIONS,
     )
     # The reduce-scatter needs one channel per lane, which the channel-last form of the addresses guarantees.
@@ -354,7 +354,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
         kernels._bwd_forward_kernel[grid](
             *common, _dummy(dz, u), _dummy(y_out, u), beta, dbc, dA, mom, gloc, dtsum, dD, *dims, *in_strides,
             *_strides(dz), *_strides(y_out), HAS_D=D is not None, STORE_Y=y_out is not None, T_TILE=cfg.t_tile_bwd,
-            **meta,
+            FAST_MATH=bool(cfg.fast_math_bwd & 1), **meta,
         )
         kernels._chunk_combine_kernel[(batch, triton.cdiv(dim, _COMBINE_BLOCK_D))](
             a2t, dtsum, gloc, _dummy(dfinal, a2t), carries, dinit, dim, cfg.n_chunks, dstate, *_strides(dfinal),
@@ -363,7 +363,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
         )
         kernels._bwd_reverse_kernel[grid](
             *common, carries, beta, du, ddelta, dbc, dbias, *dims, *in_strides, *du.stride(), *ddelta.stride(),
-            HAS_D=D is not None, T_TILE=cfg.t_tile_rev, **(meta | rev_opts),
+            HAS_D=D is not None, T_TILE=cfg.t_tile_rev, FAST_MATH=bool(cfg.fast_math_bwd & 2), **(meta | rev_opts),
         )
     # Per-chunk and per-channel-block partials, summed in a fixed order: bit-identical results every run.
     n_chunks = cfg.n_chunks
