@@ -16,7 +16,7 @@ has() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if has tests; then
   log "GPU test tier"
-  timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -m gpu -p no:cacheprovider --durations=0 \
+  timeout ${TESTS_TIMEOUT:-420} python3 -m pytest -q -m gpu -p no:cacheprovider --durations=0 \
     ${GPU_TESTS:-tests/kernels tests/test_fused_block.py tests/test_segments.py} > "$OUT/gpu_tests.log" 2>&1
   echo "gpu tests: $(tail -1 "$OUT/gpu_tests.log")" | tee -a "$summary"
 fi
