@@ -101,6 +101,11 @@ class _Config:
     fast_math_bwd: int = 0  # fast_math in the backward kernels: bit 0 the forward-in-time one, bit 1 the reverse
     combine_prefetch: int = 0  # chunks ahead that the chunk combine prefetches into L1; 0: none
 
+    @property
+    def longest_tile(self) -> int:
+        """Steps of the longest tile of any pass: B/C are padded by this many steps past L."""
+        return max(self.t_tile, self.t_tile_bwd, self.t_tile_rev)
+
 
 # Channels per program of the chunk combine, a short sequential pass over the chunks: one warp each, so that a
 # narrow layer (d_inner 512: 16 programs) still spreads over some SMs; it was 128 channels (4 programs) before.
@@ -255,7 +260,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
     cfg = _config(batch, dim, groups, dstate, seqlen, u.device, channel_last=u.stride(1) == 1 and seqlen > 1)
     dev = u.device
     n_dblk = triton.cdiv(dim // groups, cfg.block_d)
-    bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd, cfg.t_tile_rev))
+    bc = _pack_bc(B, C, cfg.block_n, cfg.longest_tile)
     a2t = _a2t(A, cfg.block_n)
     Df = None if D is None else D.float().contiguous()
     biasf = None if delta_bias is None else delta_bias.float().contiguous()
@@ -311,7 +316,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
     dev = u.device
     if dy is None:
         dy = torch.zeros_like(u)
-    bc = _pack_bc(B, C, cfg.block_n, max(cfg.t_tile, cfg.t_tile_bwd, cfg.t_tile_rev))
+    bc = _pack_bc(B, C, cfg.block_n, cfg.longest_tile)
     bc_len = bc.shape[2]
     a2t = _a2t(A, cfg.block_n)
     Df = None if D is None else D.float().contiguous()

@@ -371,7 +371,9 @@ def _chunk_combine_kernel(
     state's gradient, out[c] is the gradient leaving chunk c, and last_ptr gets the initial state's gradient.
     """
     b = tl.program_id(0).to(tl.int64)
-    d = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d0 = tl.program_id(1).to(tl.int64) * BLOCK_D  # the block's first channel
+    lane = tl.arange(0, BLOCK_D)
+    d = d0 + lane
     n = tl.arange(0, BLOCK_N)
     # Internal buffers hold BLOCK_N rows, zero past dstate; the user's (batch, dim, N) tensors hold dstate.
     mask = (d < dim)[None, :]
@@ -394,8 +396,6 @@ def _chunk_combine_kernel(
     # The load one iteration ahead still waits on memory every iteration (about 0.6 us per chunk on an H100, most
     # of it latency): PREFETCH iterations ahead, one thread per 128-byte line asks for the chunk's rows to be
     # brought into L1, so that the load one ahead finds them there. GPU only (inline assembly).
-    lane = tl.arange(0, BLOCK_D)
-    d0 = tl.program_id(1).to(tl.int64) * BLOCK_D
     for i in range(n_chunks):
         c = (n_chunks - 1 - i) if REVERSE else i
         if PREFETCH:
