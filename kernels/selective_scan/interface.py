@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -121,7 +122,8 @@ def _sm_count(device: torch.device) -> int:
 # block_d_bwd, t_tile, t_tile_bwd (the backward's forward-in-time kernel), t_tile_rev (its reverse-in-time one),
 # maxnreg, maxnreg_bwd (both backward kernels), maxnreg_rev, programs_per_sm, chunk_len (a multiple of the tiles),
 # prefetch (tiles ahead; 0 turns the prefetch off), combine_prefetch (chunks ahead), and the 0 / 1 switches
-# lane_sums and fast_math, and fast_math_bwd (bit 0: the backward's forward-in-time kernel, bit 1: its reverse one).
+# lane_sums and fast_math, fast_math_bwd (bit 0: the backward's forward-in-time kernel, bit 1: its reverse one),
+# and transpose_bwd (0: at N >= 32 the backward runs on time-contiguous inputs as they are).
 _TUNING: dict[str, int] = {}
 
 
@@ -383,6 +385,22 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dinit
 
 
+def _backward_on_channel_last_copies(cfg: _Config, *tensors: torch.Tensor | None) -> bool:
+    """Whether the backward copies time-contiguous (batch, dim, L) inputs to channel-last before it runs.
+
+    At N >= 32 the backward kernels on time-contiguous inputs are 2.3x (N 32) to 6x (N 64) slower than on
+    channel-last ones, more than the copies cost even through torch's strided copy (about 32 ms per 3 GiB on an
+    H100). At N 16 and for the forward the copies lose (H100, S3 at L 2^18, benchmarks/RESULTS.md).
+    """
+    time_contiguous = all(t is None or (t.stride(2) == 1 and t.shape[1] > 1 and t.shape[2] > 1) for t in tensors)
+    return bool(_TUNING.get("transpose_bwd", 1)) and cfg.block_n >= 32 and time_contiguous
+
+
+def _to_channel_last(t: torch.Tensor | None) -> torch.Tensor | None:
+    """The same (batch, dim, L) values with unit channel stride (one copy)."""
+    return None if t is None else t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 class _SelectiveScanTriton(torch.autograd.Function):
     """Saves the inputs and the state at each chunk boundary; the backward recomputes everything else."""
 
@@ -397,8 +415,13 @@ class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dfinal):
         u, delta, A, B, C, D, z, delta_bias, initial_state, states = ctx.saved_tensors
+        cfg = ctx.cfg
+        if _backward_on_channel_last_copies(cfg, u, delta, z, dy):
+            # The chunks stay the forward's (its chunk states); the copies' tiles get prefetched as in the model.
+            u, delta, z, dy = (_to_channel_last(t) for t in (u, delta, z, dy))
+            cfg = dataclasses.replace(cfg, prefetch_io=cfg.prefetch > 0)
         grads = scan_backward(
-            u, delta, A, B, C, D, z, delta_bias, initial_state, states, ctx.cfg, ctx.delta_softplus, dy, dfinal
+            u, delta, A, B, C, D, z, delta_bias, initial_state, states, cfg, ctx.delta_softplus, dy, dfinal
         )
         return *grads, None
 

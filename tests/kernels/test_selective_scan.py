@@ -163,6 +163,17 @@ def test_channel_last_strided_inputs():
     check_against_oracle(inputs, backend="triton")
 
 
+@pytest.mark.parametrize("copies", [1, 0], ids=["channel-last-copies", "as-given"])
+def test_time_contiguous_backward_at_large_n(monkeypatch, copies):
+    """At N >= 32 the backward of time-contiguous inputs runs on channel-last copies (or, switched off, on the
+    inputs as given); gradients must match either way, with the forward's chunks."""
+    monkeypatch.setitem(scan_interface._TUNING, "transpose_bwd", copies)
+    inputs = make_inputs(1, 5, 33, 70, 1, seed=10)
+    cfg = scan_interface._config(1, 5, 1, 33, 70, inputs["u"].device, channel_last=False)
+    assert scan_interface._backward_on_channel_last_copies(cfg, inputs["u"], inputs["delta"], inputs["z"]) == copies
+    check_against_oracle(inputs, backend="triton")
+
+
 @pytest.mark.parametrize("tiles", [(1, 4), (4, 2)], ids=["fwd1-rev4", "fwd4-rev2"])
 def test_backward_kernels_with_their_own_tile_lengths(monkeypatch, tiles):
     """The backward's forward-in-time and reverse-in-time kernels may walk different tile lengths; beta, which
