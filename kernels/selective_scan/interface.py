@@ -416,7 +416,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
     def backward(ctx, dy, dfinal):
         u, delta, A, B, C, D, z, delta_bias, initial_state, states = ctx.saved_tensors
         cfg = ctx.cfg
-        if _backward_on_channel_last_copies(cfg, u, delta, z, dy):
+        if _backward_on_channel_last_copies(cfg, u, delta, z):  # dy is copied whatever its layout
             # The chunks stay the forward's (its chunk states); the copies' tiles get prefetched as in the model.
             u, delta, z, dy = (_to_channel_last(t) for t in (u, delta, z, dy))
             cfg = dataclasses.replace(cfg, prefetch_io=cfg.prefetch > 0)
