@@ -31,9 +31,8 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
+from dna_mamba.kernels.selective_scan.interface import _a2t
 from dna_mamba.kernels.selective_scan.triton import _sigmoid, _softplus
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -134,8 +133,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, reps: int = 2, warps: int = 1, 
         out[:, :, :dstate, :seqlen] = x
         return out
 
-    a2t = torch.zeros(block_n, dim, dtype=torch.float32, device=dev)
-    a2t[:dstate] = (A.float() * LOG2E).t()
+    a2t = _a2t(A, block_n)  # A * log2(e), (block_n, dim), as the shipped kernels read it
     y = torch.empty_like(u)
     carry = torch.zeros(batch * dim, block_n, dtype=torch.float32, device=dev)
     scratch = torch.zeros(batch * dim, 2, rows, dtype=torch.float32, device=dev)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -419,7 +418,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         if _backward_on_channel_last_copies(cfg, u, delta, z):  # dy is copied whatever its layout
             # The chunks stay the forward's (its chunk states); the copies' tiles get prefetched as in the model.
             u, delta, z, dy = (_to_channel_last(t) for t in (u, delta, z, dy))
-            cfg = dataclasses.replace(cfg, prefetch_io=cfg.prefetch > 0)
+            cfg = replace(cfg, prefetch_io=cfg.prefetch > 0)
         grads = scan_backward(
             u, delta, A, B, C, D, z, delta_bias, initial_state, states, cfg, ctx.delta_softplus, dy, dfinal
         )
