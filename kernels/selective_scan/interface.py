@@ -13,6 +13,7 @@ except ImportError:  # Triton ships Linux wheels only; the reference path needs 
     triton = None
 
 from dna_mamba.kernels._launch import LAUNCH_OPTIONS, cuda_sm_count, device_guard, new_buffer
+from dna_mamba.kernels.layout import relayout
 from dna_mamba.kernels.selective_scan.reference import selective_scan_ref
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,9 @@ def _sm_count(device: torch.device) -> int:
 # maxnreg, maxnreg_bwd (both backward kernels), maxnreg_rev, programs_per_sm, chunk_len (a multiple of the tiles),
 # prefetch (tiles ahead; 0 turns the prefetch off), combine_prefetch (chunks ahead), and the 0 / 1 switches
 # lane_sums and fast_math, fast_math_bwd (bit 0: the backward's forward-in-time kernel, bit 1: its reverse one),
-# and transpose_bwd (0: at N >= 32 the backward runs on time-contiguous inputs as they are).
+# transpose_bwd (0: the backward runs on time-contiguous inputs as they are), transpose_bwd_min_n (the smallest N
+# whose backward copies them to channel-last), transpose_fwd (0: the forward runs on them as they are) and
+# transpose_fwd_max_n (the largest N whose forward copies them, and y back).
 _TUNING: dict[str, int] = {}
 
 
@@ -384,20 +387,40 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dinit
 
 
-def _backward_on_channel_last_copies(cfg: _Config, *tensors: torch.Tensor | None) -> bool:
-    """Whether the backward copies time-contiguous (batch, dim, L) inputs to channel-last before it runs.
+def _copies_pay(dstate: int, *tensors: torch.Tensor | None, forward: bool = False) -> bool:
+    """Whether the scan runs on channel-last copies of time-contiguous (batch, dim, L) inputs.
 
-    At N >= 32 the backward kernels on time-contiguous inputs are 2.3x (N 32) to 6x (N 64) slower than on
-    channel-last ones, more than the copies cost even through torch's strided copy (about 32 ms per 3 GiB on an
-    H100). At N 16 and for the forward the copies lose (H100, S3 at L 2^18, benchmarks/RESULTS.md).
+    The kernels read time-contiguous inputs a few steps of each channel at a time, which is slow; a tiled transpose
+    (``dna_mamba.kernels.layout``, 2.4 ms per 3 GiB on an H100) costs less than that. Measured on an H100
+    (benchmarks/RESULTS.md, bf16, fwd / bwd ms as given -> on copies): S0 38.1 / 132.2 -> 33.4 / 70.4, S1 D 256
+    6.84 / 22.6 -> 5.91 / 12.4, S3 N 8 8.42 / 18.2 -> 6.65 / 15.4, N 64 24.6 / 757 -> 25.9 / 113, so the forward
+    (whose copies include y's way back to the inputs' layout) keeps N 64 as given. The price is memory: the
+    backward holds copies of u, delta, z and dy (S0: 9.25 -> 24.25 GiB peak extra). The rule depends on shapes and
+    strides only, never on free memory, so the same inputs always take the same path (bit-identical dB and dC).
     """
     time_contiguous = all(t is None or (t.stride(2) == 1 and t.shape[1] > 1 and t.shape[2] > 1) for t in tensors)
-    return bool(_TUNING.get("transpose_bwd", 1)) and cfg.block_n >= 32 and time_contiguous
+    if not time_contiguous:
+        return False
+    if forward:
+        return bool(_TUNING.get("transpose_fwd", 1)) and dstate <= _TUNING.get("transpose_fwd_max_n", 32)
+    return bool(_TUNING.get("transpose_bwd", 1)) and dstate >= _TUNING.get("transpose_bwd_min_n", 1)
 
 
 def _to_channel_last(t: torch.Tensor | None) -> torch.Tensor | None:
     """The same (batch, dim, L) values with unit channel stride (one copy)."""
-    return None if t is None else t.transpose(1, 2).contiguous().transpose(1, 2)
+    return None if t is None else relayout(t, channel_last=True)
+
+
+def _channel_last_backward_config(cfg: _Config, u: torch.Tensor, groups: int, dstate: int) -> _Config:
+    """The backward's blocks for channel-last copies, keeping the forward's chunks (whose states it saved).
+
+    Channel-last tiles are never longer than time-contiguous ones and all are powers of two, so the forward's chunk
+    length holds whole tiles of the backward's.
+    """
+    batch, dim, seqlen = u.shape
+    cl = _config(batch, dim, groups, dstate, seqlen, u.device, channel_last=True)
+    assert cfg.chunk_len % cl.longest_tile == 0, (cfg, cl)
+    return replace(cl, chunk_len=cfg.chunk_len, n_chunks=cfg.n_chunks)
 
 
 class _SelectiveScanTriton(torch.autograd.Function):
@@ -405,7 +428,14 @@ class _SelectiveScanTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
-        y, final, states, cfg = scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+        ctx.copied_forward = _copies_pay(A.shape[1], u, delta, z, forward=True)
+        if ctx.copied_forward:
+            uc, deltac, zc = (_to_channel_last(t) for t in (u, delta, z))
+            y, final, states, cfg = scan_forward(uc, deltac, A, B, C, D, zc, delta_bias, initial_state, delta_softplus)
+            del uc, deltac, zc
+            y = relayout(y, channel_last=False)
+        else:
+            y, final, states, cfg = scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, states)
         ctx.delta_softplus = bool(delta_softplus)
         ctx.cfg = cfg
@@ -415,10 +445,12 @@ class _SelectiveScanTriton(torch.autograd.Function):
     def backward(ctx, dy, dfinal):
         u, delta, A, B, C, D, z, delta_bias, initial_state, states = ctx.saved_tensors
         cfg = ctx.cfg
-        if _backward_on_channel_last_copies(cfg, u, delta, z):  # dy is copied whatever its layout
-            # The chunks stay the forward's (its chunk states); the copies' tiles get prefetched as in the model.
+        dstate = A.shape[1]
+        if ctx.copied_forward or _copies_pay(dstate, u, delta, z):  # dy is copied whatever its layout
+            # The gradients come out channel-last, which autograd accepts for any input layout.
+            if not ctx.copied_forward:
+                cfg = _channel_last_backward_config(cfg, u, B.shape[1], dstate)
             u, delta, z, dy = (_to_channel_last(t) for t in (u, delta, z, dy))
-            cfg = replace(cfg, prefetch_io=cfg.prefetch > 0)
         grads = scan_backward(
             u, delta, A, B, C, D, z, delta_bias, initial_state, states, cfg, ctx.delta_softplus, dy, dfinal
         )
@@ -455,7 +487,10 @@ def selective_scan(
         backend: "auto" (Triton for CUDA tensors, the reference otherwise), "triton" or "reference".
 
     Shapes:
-        u, delta, z: (batch, dim, L), fp32 / fp16 / bf16, any strides
+        u, delta, z: (batch, dim, L), fp32 / fp16 / bf16, any strides. Channel-last ones (unit channel stride,
+            as views of a (batch, L, dim) projection: the model's layout) are fastest and leanest; (batch, dim,
+            L)-contiguous ones run on channel-last copies (the backward holds 4 copies the size of u; their
+            gradients come back channel-last).
         A: (dim, N) fp32, N <= 64;  D, delta_bias: (dim,)
         B, C: (batch, groups, N, L), dim divisible by groups
         initial_state: (batch, dim, N)

@@ -18,6 +18,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from dna_mamba.kernels import selective_scan  # noqa: E402
+from dna_mamba.kernels.layout import relayout  # noqa: E402
 from dna_mamba.kernels.selective_scan import interface as scan_interface  # noqa: E402
 from dna_mamba.kernels.selective_scan import selective_scan_ref  # noqa: E402
 
@@ -163,15 +164,36 @@ def test_channel_last_strided_inputs():
     check_against_oracle(inputs, backend="triton")
 
 
-@pytest.mark.parametrize("copies", [1, 0], ids=["channel-last-copies", "as-given"])
-def test_time_contiguous_backward_at_large_n(monkeypatch, copies):
-    """At N >= 32 the backward of time-contiguous inputs runs on channel-last copies (or, switched off, on the
-    inputs as given); gradients must match either way, with the forward's chunks."""
-    monkeypatch.setitem(scan_interface._TUNING, "transpose_bwd", copies)
-    inputs = make_inputs(1, 5, 33, 70, 1, seed=10)
-    cfg = scan_interface._config(1, 5, 1, 33, 70, inputs["u"].device, channel_last=False)
-    assert scan_interface._backward_on_channel_last_copies(cfg, inputs["u"], inputs["delta"], inputs["z"]) == copies
+# Switches of _copies_pay, and the layout copies they make at N 16 and 33 (u, delta, z, then dy; the forward adds
+# y's copy back): the forward's chunks must serve a backward that runs on copies with the channel-last blocks
+# (shorter tiles than the time-contiguous ones at N 16).
+COPY_RULES = {  # rule: (_TUNING entries, {N: copies})
+    "as-given": ({"transpose_fwd": 0, "transpose_bwd": 0}, {16: 0, 33: 0}),
+    "backward-copies": ({"transpose_fwd": 0}, {16: 4, 33: 4}),
+    "backward-copies-from-n-17": ({"transpose_fwd": 0, "transpose_bwd_min_n": 17}, {16: 0, 33: 4}),
+    "forward-and-backward-copies": ({"transpose_bwd": 0, "transpose_fwd_max_n": 64}, {16: 8, 33: 8}),
+    "default": ({}, {16: 8, 33: 4}),
+}
+
+
+@pytest.mark.parametrize("rule", list(COPY_RULES))
+@pytest.mark.parametrize("dstate", [16, 33])
+def test_time_contiguous_inputs_on_channel_last_copies(monkeypatch, rule, dstate):
+    """Time-contiguous inputs may run on channel-last copies (``_copies_pay``); results must not depend on it."""
+    tuning, copies = COPY_RULES[rule]
+    for key, value in tuning.items():
+        monkeypatch.setitem(scan_interface._TUNING, key, value)
+    calls = []
+
+    def counted_relayout(x, channel_last, backend="auto"):
+        calls.append(channel_last)
+        return relayout(x, channel_last, backend)
+
+    monkeypatch.setattr(scan_interface, "relayout", counted_relayout)
+    inputs = make_inputs(1, 5, dstate, 70, 1, seed=10)
+    assert inputs["u"].stride(2) == 1
     check_against_oracle(inputs, backend="triton")
+    assert len(calls) == copies[dstate]
 
 
 @pytest.mark.parametrize("tiles", [(1, 4), (4, 2)], ids=["fwd1-rev4", "fwd4-rev2"])
