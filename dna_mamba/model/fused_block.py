@@ -52,12 +52,23 @@ def pre_scan(x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_stat
             x, conv_weight, conv_bias, activation="silu", initial_state=conv_state, return_final_state=True,
             backend=conv_backend,
         )  # (B, d_inner, L), (B, d_inner, d_conv - 1)
-        x_dbl = F.linear(u.transpose(1, 2), x_proj_weight.to(x.dtype))  # (B, L, dt_rank + 2N)
-        dt_low, b, c = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
-        delta = F.linear(dt_low, dt_proj_weight.to(x.dtype)).transpose(1, 2)  # (B, d_inner, L)
-        b = b.transpose(1, 2).unsqueeze(1)  # (B, 1, N, L): one group shared by all channels
-        c = c.transpose(1, 2).unsqueeze(1)  # (B, 1, N, L)
+        _, delta, b, c = _project(u, x_proj_weight, dt_proj_weight, dt_rank, d_state)
     return u, delta, b, c, conv_final
+
+
+def _project(u, x_proj_weight, dt_proj_weight, dt_rank: int, d_state: int):
+    """The conv output u (B, d_inner, L) -> (dt_low (B, L, dt_rank), delta (B, d_inner, L), B, C (B, 1, N, L))."""
+    x_dbl = F.linear(u.transpose(1, 2), x_proj_weight.to(u.dtype))  # (B, L, dt_rank + 2N)
+    dt_low, b, c = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
+    delta = F.linear(dt_low, dt_proj_weight.to(u.dtype)).transpose(1, 2)  # (B, d_inner, L)
+    b = b.transpose(1, 2).unsqueeze(1)  # (B, 1, N, L): one group shared by all channels
+    c = c.transpose(1, 2).unsqueeze(1)  # (B, 1, N, L)
+    return dt_low, delta, b, c
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, L) -> (B * L, C), the GEMMs' row form; a view when t is channel-last."""
+    return t.transpose(1, 2).reshape(-1, t.shape[1])
 
 
 @dataclass(frozen=True)
@@ -212,8 +223,15 @@ def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_ou
         xz = F.linear(h.detach(), in_weight_c, in_bias_c)  # (B, l, 2 * d_inner)
         conv_x, z = split_xz(xz)
         conv_x = conv_x.detach().requires_grad_()
+        conv_weight, conv_bias, x_proj_weight, dt_proj_weight = weights[1:]
         with torch.enable_grad():
-            u, delta, b, c, conv_final = pre_scan(conv_x, *weights[1:], conv_in, spec.dt_rank, spec.d_state)
+            u, conv_final = causal_conv1d(
+                conv_x, conv_weight, conv_bias, activation="silu", initial_state=conv_in, return_final_state=True,
+                backend="triton",
+            )  # (B, d_inner, l)
+        # x_proj and dt_proj are differentiated by hand below, so that their gradient to u lands in the scan's du
+        # (one GEMM with beta = 1) instead of a separate tensor that autograd then adds to it.
+        dt_low, delta, b, c = _project(u.detach(), x_proj_weight, dt_proj_weight, spec.dt_rank, spec.d_state)
     dmixed = dout[:, t0:t1].to(spec.dtype)  # out_proj's output gradient, (B, l, d_model)
     dy = dmixed @ out_weight_c  # (B, l, d_inner)
     y = torch.empty_like(dy)  # the scan's output, which its backward recomputes: out_proj's weight gradient
@@ -229,18 +247,35 @@ def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_ou
     if out_bias is not None and out_bias.requires_grad:
         dout_bias = dmixed.float().sum((0, 1))
     del dy, y, xz, z
-    # Through x_proj, dt_proj and the conv, by autograd: to their weights, the conv input and conv state.
-    outputs, grads = [u, delta, b, c], [du, ddelta, dB, dC]
+    # dt_proj and x_proj by hand, in the compute dtype as autograd would: delta = dt_low @ W_dt^T and
+    # x_dbl = (dt_low, B, C) = u^T @ W_x^T.
+    ddelta_rows = _rows(ddelta)  # (B * l, d_inner)
+    ddt_low = ddelta_rows @ dt_proj_weight.to(ddelta.dtype)  # (B * l, dt_rank)
+    dx_dbl = torch.cat([ddt_low, _rows(dB[:, 0]), _rows(dC[:, 0])], dim=1)  # (B * l, dt_rank + 2N)
+    manual = {}
+    if dt_proj_weight.requires_grad:
+        manual[id(dt_proj_weight)] = (ddelta_rows.t() @ dt_low.reshape(-1, spec.dt_rank)).float()
+    del ddelta_rows, ddt_low, ddelta, dB, dC, delta, b, c, dt_low
+    du_rows = du.transpose(1, 2).view(-1, du.shape[1])  # a view (raises otherwise): the scan's du is channel-last
+    if x_proj_weight.requires_grad:
+        manual[id(x_proj_weight)] = (dx_dbl.t() @ _rows(u.detach())).float()
+    du_rows.addmm_(dx_dbl, x_proj_weight.to(du.dtype))  # du += dx_dbl @ W_x: u's gradient through x_proj
+    del dx_dbl, du_rows
+    # The conv, by autograd: to its weight and bias, its input and the conv state.
+    outputs, grads = [u], [du]
     if d_conv_out is not None:
         outputs.append(conv_final)
         grads.append(d_conv_out)
-    inputs = [w for w in wanted if w is not weights[0]] + [conv_x]
+    conv_params = [w for w in (conv_weight, conv_bias) if w is not None and w.requires_grad]
+    inputs = conv_params + [conv_x]
     if conv_in is not None and conv_in.requires_grad:
         inputs.append(conv_in)
     found = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
-    del outputs, grads, u, delta, b, c, du, ddelta, dB, dC
+    del outputs, grads, u, du
     d_conv_in = found.pop() if conv_in is not None and conv_in.requires_grad else None
     dconv_x = found.pop()
+    by_param = dict(zip((id(w) for w in conv_params), found, strict=True)) | manual
+    found = [by_param[id(w)] for w in wanted if w is not weights[0]]  # in `wanted`'s order
     # in_proj by hand, its two output halves separately: (B * l, d_inner) each, rows of xz's positions.
     dxz_x, dxz_z = (g.transpose(1, 2).reshape(-1, d_inner) for g in (dconv_x, dz))
     h_rows = h.detach().reshape(-1, d_model)
