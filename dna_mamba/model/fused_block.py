@@ -155,8 +155,8 @@ class _MambaBlockFn(torch.autograd.Function):
             dx = x.detach() if spec.reuse_input else torch.empty_like(x)
         din_weight = din_bias = dout_weight = dout_bias = None
         dA = dD = ddt_bias = dconv_state = dssm_state = None
-        k = _BackwardInputs(x, dout, dx, conv_state, ssm_state, weights, wanted, in_weight, in_bias, in_weight_c,
-                            in_bias_c, out_weight, out_bias, out_weight_c, dt_bias, A, D, spec)
+        k = _BackwardInputs(x, dout, dx, conv_state, ssm_state, weights, in_weight, in_bias, in_weight_c, in_bias_c,
+                            out_weight, out_bias, out_weight_c, dt_bias, A, D, spec)
         d_state_out, d_conv_out = dssm_final, dconv_final  # gradients of what the current piece hands on
         for t0, t1, conv_in, states, cfg in reversed(ctx.pieces):
             # One call per piece: its working tensors are freed before the next piece allocates its own (kept alive
@@ -182,7 +182,8 @@ class _MambaBlockFn(torch.autograd.Function):
 @dataclass
 class _BackwardInputs:
     """What every piece's backward reads: the node's saved tensors, the weights in the compute dtype, the leaves of
-    the recomputation (``weights``, those that want a gradient in ``wanted``), dout and the dx being written."""
+    the recomputation (``weights``: the norm's, the conv's weight and bias, x_proj's, dt_proj's), dout and the dx
+    being written."""
 
     x: torch.Tensor
     dout: torch.Tensor
@@ -190,7 +191,6 @@ class _BackwardInputs:
     conv_state: torch.Tensor | None
     ssm_state: torch.Tensor | None
     weights: list
-    wanted: list
     in_weight: torch.Tensor
     in_bias: torch.Tensor | None
     in_weight_c: torch.Tensor
@@ -206,9 +206,10 @@ class _BackwardInputs:
 
 def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_out, d_conv_out):
     """The backward of one piece [t0, t1): writes k.dx[:, t0:t1] and returns the piece's parameter gradients
-    (``k.wanted``'s, then in_proj's, out_proj's, A's, D's and dt_bias's) and the gradients of the conv and scan
-    states entering it. A function of its own so that the piece's working tensors are freed when it returns."""
-    x, dout, dx, weights, wanted, spec = k.x, k.dout, k.dx, k.weights, k.wanted, k.spec
+    (those of ``k.weights`` that want one, in order, then in_proj's, out_proj's, A's, D's and dt_bias's) and the
+    gradients of the conv and scan states entering it. A function of its own so that the piece's working tensors
+    are freed when it returns."""
+    x, dout, dx, weights, spec = k.x, k.dout, k.dx, k.weights, k.spec
     in_weight, in_bias, in_weight_c, in_bias_c = k.in_weight, k.in_bias, k.in_weight_c, k.in_bias_c
     out_weight, out_bias, out_weight_c = k.out_weight, k.out_bias, k.out_weight_c
     conv_state, ssm_state, dt_bias, A, D = k.conv_state, k.ssm_state, k.dt_bias, k.A, k.D
@@ -252,13 +253,13 @@ def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_ou
     ddelta_rows = _rows(ddelta)  # (B * l, d_inner)
     ddt_low = ddelta_rows @ dt_proj_weight.to(ddelta.dtype)  # (B * l, dt_rank)
     dx_dbl = torch.cat([ddt_low, _rows(dB[:, 0]), _rows(dC[:, 0])], dim=1)  # (B * l, dt_rank + 2N)
-    manual = {}
+    ddt_proj = dx_proj = None
     if dt_proj_weight.requires_grad:
-        manual[id(dt_proj_weight)] = (ddelta_rows.t() @ dt_low.reshape(-1, spec.dt_rank)).float()
+        ddt_proj = (ddelta_rows.t() @ dt_low.reshape(-1, spec.dt_rank)).float()
     del ddelta_rows, ddt_low, ddelta, dB, dC, delta, b, c, dt_low
     du_rows = du.transpose(1, 2).view(-1, du.shape[1])  # a view (raises otherwise): the scan's du is channel-last
     if x_proj_weight.requires_grad:
-        manual[id(x_proj_weight)] = (dx_dbl.t() @ _rows(u.detach())).float()
+        dx_proj = (dx_dbl.t() @ _rows(u.detach())).float()
     du_rows.addmm_(dx_dbl, x_proj_weight.to(du.dtype))  # du += dx_dbl @ W_x: u's gradient through x_proj
     del dx_dbl, du_rows
     # The conv, by autograd: to its weight and bias, its input and the conv state.
@@ -266,18 +267,17 @@ def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_ou
     if d_conv_out is not None:
         outputs.append(conv_final)
         grads.append(d_conv_out)
-    conv_params = [w for w in (conv_weight, conv_bias) if w is not None and w.requires_grad]
-    inputs = conv_params + [conv_x]
+    wants = [w is not None and w.requires_grad for w in weights[1:]]  # conv weight, conv bias, x_proj, dt_proj
+    inputs = [w for w, want in zip(weights[1:3], wants[:2], strict=True) if want] + [conv_x]
     if conv_in is not None and conv_in.requires_grad:
         inputs.append(conv_in)
-    found = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
+    conv_grads = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
     del outputs, grads, u, du
-    d_conv_in = found.pop() if conv_in is not None and conv_in.requires_grad else None
-    dconv_x = found.pop()
-    by_param = dict(zip((id(w) for w in conv_params), found, strict=True)) | manual
-    found = [by_param[id(w)] for w in wanted if w is not weights[0]]  # in `wanted`'s order
+    d_conv_in = conv_grads.pop() if conv_in is not None and conv_in.requires_grad else None
+    dconv_x = conv_grads.pop()
+    found = conv_grads + [g for g, want in zip((dx_proj, ddt_proj), wants[2:], strict=True) if want]  # weights' order
     # in_proj by hand, its two output halves separately: (B * l, d_inner) each, rows of xz's positions.
-    dxz_x, dxz_z = (g.transpose(1, 2).reshape(-1, d_inner) for g in (dconv_x, dz))
+    dxz_x, dxz_z = _rows(dconv_x), _rows(dz)
     h_rows = h.detach().reshape(-1, d_model)
     if in_weight.requires_grad:
         din_weight = torch.cat([dxz_x.t() @ h_rows, dxz_z.t() @ h_rows]).float()  # (2 * d_inner, d_model)
@@ -292,7 +292,7 @@ def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_ou
     if x_piece.requires_grad:
         # The residual's gradient plus the norm's, written in place.
         torch.add(dout[:, t0:t1], next(norm_grads), out=dx[:, t0:t1])
-    dparts = ([dnorm] if weights[0].requires_grad else []) + found  # in `wanted`'s order
+    dparts = ([dnorm] if weights[0].requires_grad else []) + found  # in the caller's `wanted` order
     return dparts, din_weight, din_bias, dout_weight, dout_bias, dA, dD, ddt_bias, d_state_in, d_conv_in
 
 

@@ -37,6 +37,8 @@ def relayout(x: torch.Tensor, channel_last: bool, backend: str = "auto") -> torc
     check_backend(backend, x)
     if not use_triton("relayout", x, backend):
         return relayout_ref(x, channel_last)
+    import triton
+
     from . import triton as kernels
 
     batch, dim, seqlen = x.shape
@@ -44,14 +46,10 @@ def relayout(x: torch.Tensor, channel_last: bool, backend: str = "auto") -> torc
         out = new_buffer((batch, seqlen, dim), x.dtype, x.device, POISON_OUTPUTS).transpose(1, 2)
     else:
         out = new_buffer((batch, dim, seqlen), x.dtype, x.device, POISON_OUTPUTS)
-    grid = (_cdiv(seqlen, _BLOCK_L), _cdiv(dim, _BLOCK_D), batch)
+    grid = (triton.cdiv(seqlen, _BLOCK_L), triton.cdiv(dim, _BLOCK_D), batch)
     with device_guard(x):
         kernels._relayout_kernel[grid](
             x, out, dim, seqlen, *x.stride(), *out.stride(), BLOCK_D=_BLOCK_D, BLOCK_L=_BLOCK_L, num_warps=4,
             **LAUNCH_OPTIONS,
         )
     return out
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)

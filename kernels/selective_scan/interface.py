@@ -398,7 +398,8 @@ def _copies_pay(dstate: int, *tensors: torch.Tensor | None, forward: bool = Fals
     (benchmarks/RESULTS.md, bf16, fwd / bwd ms as given -> on copies): S0 38.1 / 132.2 -> 33.4 / 70.4, S1 D 256
     6.84 / 22.6 -> 5.91 / 12.4, S3 N 8 8.42 / 18.2 -> 6.65 / 15.4, N 64 24.6 / 757 -> 25.9 / 113, so the forward
     (whose copies include y's way back to the inputs' layout) keeps N 64 as given. The price is memory: the
-    backward holds copies of u, delta, z and dy (S0: 9.25 -> 24.25 GiB peak extra). The rule depends on shapes and
+    backward holds copies of u, delta, z and dy, du and ddelta written over the first two (S0: 9.25 -> 18.25 GiB
+    peak extra). The rule depends on shapes and
     strides only, never on free memory, so the same inputs always take the same path (bit-identical dB and dC).
     """
     time_contiguous = all(t is None or (t.stride(2) == 1 and t.shape[1] > 1 and t.shape[2] > 1) for t in tensors)
