@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dna_mamba.kernels import add_rms_norm, causal_conv1d
+from dna_mamba.kernels import causal_conv1d
+from dna_mamba.kernels.rmsnorm.interface import rms_norm_backward, rms_norm_forward
 from dna_mamba.kernels.selective_scan.interface import scan_backward, scan_forward
 
 # Both passes run over pieces of about this many tokens (batch x steps): the working tensors (xz, u, delta, the
@@ -89,8 +90,8 @@ def _pieces(batch: int, seqlen: int) -> list[tuple[int, int]]:
 
 
 def _norm(x, norm_weight, spec: _Spec):
-    """The block's RMSNorm: (B, l, d_model) -> (B, l, d_model) in spec.dtype."""
-    return add_rms_norm(x, norm_weight, None, eps=spec.eps, residual_in_fp32=False, out_dtype=spec.dtype)[0]
+    """The block's RMSNorm: (B, l, d_model) -> ((B, l, d_model) in spec.dtype, rstd (B * l,) fp32)."""
+    return rms_norm_forward(x, norm_weight, spec.eps, spec.dtype)
 
 
 def _leaf(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -117,7 +118,7 @@ class _MambaBlockFn(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             for t0, t1 in _pieces(batch, seqlen):
                 x_piece = x[:, t0:t1]
-                xz = F.linear(_norm(x_piece, norm_weight, spec), in_weight_c, in_bias_c)  # (B, l, 2 * d_inner)
+                xz = F.linear(_norm(x_piece, norm_weight, spec)[0], in_weight_c, in_bias_c)  # (B, l, 2 * d_inner)
                 conv_x, z = split_xz(xz)  # (B, d_inner, l) each
                 u, delta, b, c, conv_final = pre_scan(
                     conv_x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_in, spec.dt_rank, spec.d_state
@@ -126,7 +127,8 @@ class _MambaBlockFn(torch.autograd.Function):
                 del xz, conv_x, z, u, delta, b, c
                 mixed = F.linear(y.transpose(1, 2), out_weight_c, out_bias_c)  # (B, l, d_model)
                 del y
-                # Written in place: no piece-sized temporaries for the sum or its copy into `out`.
+                # Written in place: no piece-sized temporaries for the sum or its copy into `out`. (addmm with x as
+                # its input would first copy x into `out`, then read it back: more traffic, measured no faster.)
                 torch.add(x_piece.float() if spec.residual_in_fp32 else x_piece, mixed, out=out[:, t0:t1])
                 del mixed
                 pieces.append((t0, t1, None if t0 == 0 else conv_in, states, cfg))
@@ -215,13 +217,12 @@ def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_ou
     conv_state, ssm_state, dt_bias, A, D = k.conv_state, k.ssm_state, k.dt_bias, k.A, k.D
     d_model, d_inner = out_weight.shape
     first = t0 == 0
-    x_piece = _leaf(x[:, t0:t1])
+    x_piece = x.detach()[:, t0:t1]
     # The conv state entering the piece: the caller's, or the last conv inputs of the piece before.
     conv_in = _leaf(conv_state) if first else conv_in.detach().requires_grad_()
     with torch.autocast(x.device.type, enabled=False):
-        with torch.enable_grad():
-            h = _norm(x_piece, weights[0], spec)  # (B, l, d_model)
-        xz = F.linear(h.detach(), in_weight_c, in_bias_c)  # (B, l, 2 * d_inner)
+        h, rstd = _norm(x_piece, weights[0].detach(), spec)  # (B, l, d_model), (B * l,)
+        xz = F.linear(h, in_weight_c, in_bias_c)  # (B, l, 2 * d_inner)
         conv_x, z = split_xz(xz)
         conv_x = conv_x.detach().requires_grad_()
         conv_weight, conv_bias, x_proj_weight, dt_proj_weight = weights[1:]
@@ -283,16 +284,18 @@ def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_ou
         din_weight = torch.cat([dxz_x.t() @ h_rows, dxz_z.t() @ h_rows]).float()  # (2 * d_inner, d_model)
     if in_bias is not None and in_bias.requires_grad:
         din_bias = torch.cat([dxz_x.float().sum(0), dxz_z.float().sum(0)])
-    dh = torch.addmm(dxz_x @ in_weight_c[:d_inner], dxz_z, in_weight_c[d_inner:]).view_as(h)
-    del dconv_x, dz, dxz_x, dxz_z, h_rows
-    # RMSNorm, by autograd: to x and the norm weight.
-    norm_inputs = [t for t in (weights[0], x_piece) if t.requires_grad]
-    norm_grads = iter(torch.autograd.grad(h, norm_inputs, dh)) if norm_inputs else iter(())
-    dnorm = next(norm_grads) if weights[0].requires_grad else None
-    if x_piece.requires_grad:
-        # The residual's gradient plus the norm's, written in place.
-        torch.add(dout[:, t0:t1], next(norm_grads), out=dx[:, t0:t1])
-    dparts = ([dnorm] if weights[0].requires_grad else []) + found  # in the caller's `wanted` order
+    # In place: torch.addmm into a new tensor would first copy its addend there (a device-to-device copy per piece).
+    dh = (dxz_x @ in_weight_c[:d_inner]).addmm_(dxz_z, in_weight_c[d_inner:]).view_as(h)
+    del dconv_x, dz, dxz_x, dxz_z, h_rows, h
+    # RMSNorm and the residual: dx = the norm's input gradient + dout, written into dx in the same pass.
+    dparts = found
+    if dx is not None or weights[0].requires_grad:
+        _, dnorm = rms_norm_backward(
+            x_piece, weights[0].detach(), rstd, dh, dout[:, t0:t1] if dx is not None else None,
+            dx_out=None if dx is None else dx[:, t0:t1], want_dx=dx is not None,
+        )
+        if weights[0].requires_grad:
+            dparts = [dnorm] + found  # in the caller's `wanted` order
     return dparts, din_weight, din_bias, dout_weight, dout_bias, dA, dD, ddt_bias, d_state_in, d_conv_in
 
 

@@ -211,8 +211,13 @@ def _backward(
     dnew_residual: torch.Tensor | None,
     dx_dtype: torch.dtype | None,
     dresidual_dtype: torch.dtype | None,
+    dx_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """dx in dx_dtype, dweight, dresidual in dresidual_dtype; a None dtype skips that gradient."""
+    """dx in dx_dtype, dweight, dresidual in dresidual_dtype; a None dtype skips that gradient.
+
+    dx_out: where dx goes instead of a new buffer (new_residual's shape, unit last stride, any row strides;
+    it may be new_residual itself); its dtype is dx's.
+    """
     from .triton import _add_rms_norm_bwd_kernel
 
     dim = new_residual.shape[-1]
@@ -226,7 +231,14 @@ def _backward(
     n_programs = -(-n_rows // rows_per_program)
 
     device = new_residual.device
-    dx = None if dx_dtype is None else _new_buffer((n_rows, dim), dx_dtype, device)
+    if dx_out is not None:
+        dx = _as_rows(dx_out)
+        if dx.data_ptr() != dx_out.data_ptr() or dx.shape[1] != n_inner:
+            raise ValueError(f"dx_out must be viewable as rows in place, got shape {tuple(dx_out.shape)}, "
+                             f"strides {dx_out.stride()}")
+        dx_dtype = dx_out.dtype
+    else:
+        dx = None if dx_dtype is None else _new_buffer((n_rows, dim), dx_dtype, device).view(r_rows.shape)
     # dx and dresidual are the same values; one buffer serves both when their dtypes agree.
     share = dx is not None and dresidual_dtype == dx_dtype
     dresidual = None if dresidual_dtype is None or share else _new_buffer((n_rows, dim), dresidual_dtype, device)
@@ -235,7 +247,8 @@ def _backward(
         r_rows, weight, rstd, dout_rows, dout_rows if dres_rows is None else dres_rows,
         dweight_partial if dx is None else dx, dweight_partial if dresidual is None else dresidual, dweight_partial,
         n_rows, n_inner, dim, rows_per_program,
-        *_row_strides(r_rows), *_row_strides(dout_rows), *_row_strides(dres_rows), weight.stride(0),
+        *_row_strides(r_rows), *_row_strides(dout_rows), *_row_strides(dres_rows), *_row_strides(dx),
+        weight.stride(0),
         HAS_DNEW_RESIDUAL=dres_rows is not None, STORE_DX=dx is not None, STORE_DRESIDUAL=dresidual is not None,
         BLOCK_ROWS=cfg["ROWS_BWD"], BLOCK_D=cfg["BLOCK_D"], num_warps=cfg["num_warps"], **LAUNCH_OPTIONS,
     )  # fmt: skip
@@ -245,10 +258,52 @@ def _backward(
         dresidual = dx
     shape = new_residual.shape
     return (
-        None if dx is None else dx.view(shape),
+        dx_out if dx_out is not None else None if dx is None else dx.view(shape),
         dweight,
         None if dresidual is None else dresidual.view(shape),
     )
+
+
+def rms_norm_forward(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RMSNorm of x (no residual) on the Triton kernel, outside autograd: ``(out, rstd)``, rstd fp32 per row.
+
+    For a caller that runs its own backward (the fused Mamba block): with rstd kept, ``rms_norm_backward`` can add
+    the residual stream's gradient in the same pass. x as for ``add_rms_norm`` (CUDA, or the interpreter).
+    """
+    _check_args(x, weight, None, eps, out_dtype, "triton")
+    with device_guard(x):
+        out, _, rstd = _forward(x, weight, None, float(eps), False, out_dtype)
+    return out, rstd
+
+
+def rms_norm_backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    rstd: torch.Tensor,
+    dout: torch.Tensor,
+    dresidual: torch.Tensor | None = None,
+    dx_out: torch.Tensor | None = None,
+    want_dx: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Backward of ``rms_norm_forward`` with the residual stream's gradient added: ``(dx, dweight)``.
+
+    dx = d(norm)/dx^T dout + dresidual, in one pass over the rows (the residual add costs no pass of its own).
+    dx goes into ``dx_out`` when given (x's shape, unit last stride, any row strides; it may be x's own buffer,
+    since each row is read before it is written), else into a new tensor of x's dtype; ``want_dx=False`` skips it.
+    dweight is reduced in a fixed order (bitwise reproducible).
+
+    Shapes: x, dout, dresidual, dx_out: (..., d);  weight: (d,);  rstd: (rows,) fp32 from ``rms_norm_forward``
+    """
+    for name, t in {"dout": dout, "dresidual": dresidual, "dx_out": dx_out}.items():
+        if t is not None and t.shape != x.shape:
+            raise ValueError(f"{name} must have x's shape {tuple(x.shape)}, got {tuple(t.shape)}")
+    with device_guard(x):
+        dx, dweight, _ = _backward(
+            x, weight, rstd, dout, dresidual, x.dtype if want_dx else None, None, dx_out if want_dx else None
+        )
+    return dx, dweight
 
 
 class _AddRMSNormFn(torch.autograd.Function):

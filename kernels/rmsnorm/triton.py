@@ -3,7 +3,8 @@
 Rows are the flattened leading dims of ``x``, addressed as (outer, inner) pairs with one stride each,
 so a (batch, L, d) view that is strided along batch or L is read in place; the feature dim must have
 unit stride. Each program holds a (BLOCK_ROWS, BLOCK_D) tile with BLOCK_D >= d, so a row's sum of
-squares is one in-register reduction. Outputs and gradients are written as contiguous (rows, d).
+squares is one in-register reduction. Outputs and gradients are written as contiguous (rows, d), except the
+backward's dx, which may go into a strided (batch, L, d) slice of a caller's buffer.
 
 Index maths is int64: 2^21 rows x 2048 features is already 2^32 elements.
 """
@@ -103,6 +104,8 @@ def _add_rms_norm_bwd_kernel(
     stride_dout_inner,
     stride_dres_outer,
     stride_dres_inner,
+    stride_dx_outer,
+    stride_dx_inner,
     stride_w,
     # meta
     HAS_DNEW_RESIDUAL: tl.constexpr,
@@ -118,8 +121,10 @@ def _add_rms_norm_bwd_kernel(
         dw = sum over rows of g * y
     Grid (programs,): program p walks rows [p * rows_per_program, (p + 1) * rows_per_program) and
     writes its dw partial sum to row p of a (programs, dim) fp32 buffer; the host sums the rows in a
-    fixed order, so dw is bitwise reproducible (no float atomics). dx and dresidual are (rows, dim)
-    contiguous, in their own dtypes; either may be skipped.
+    fixed order, so dw is bitwise reproducible (no float atomics). dx is addressed by (outer, inner) row
+    strides like the inputs (a caller may hand a slice of a larger buffer); dresidual is (rows, dim)
+    contiguous. Each in its own dtype; either may be skipped. A program reads each tile before it writes
+    that tile's rows, so dx may share new_residual's memory.
     """
     pid = tl.program_id(0).to(tl.int64)
     row_start = pid * rows_per_program
@@ -151,9 +156,10 @@ def _add_rms_norm_bwd_kernel(
             dres_ptrs = dnew_residual_ptr + dres_offs[:, None] + cols[None, :]
             dr += tl.load(dres_ptrs, mask=mask, other=0.0).to(tl.float32)
 
-        out_offs = rows[:, None] * dim + cols[None, :]
         if STORE_DX:
-            tl.store(dx_ptr + out_offs, dr.to(dx_ptr.dtype.element_ty), mask=mask)
+            dx_offs = _row_offsets(rows, n_inner, stride_dx_outer, stride_dx_inner)
+            tl.store(dx_ptr + dx_offs[:, None] + cols[None, :], dr.to(dx_ptr.dtype.element_ty), mask=mask)
+        out_offs = rows[:, None] * dim + cols[None, :]
         if STORE_DRESIDUAL:
             tl.store(dresidual_ptr + out_offs, dr.to(dresidual_ptr.dtype.element_ty), mask=mask)
 

@@ -392,6 +392,66 @@ def test_triton_backend_rejects_rows_wider_than_a_tile():
         add_rms_norm(torch.randn(2, dim, device=DEVICE), torch.randn(dim, device=DEVICE), backend="triton")
 
 
+# The forward and backward for a caller that runs its own backward (the fused Mamba block): rstd kept, the
+# residual stream's gradient added in the backward's pass, dx written into a slice of the caller's buffer or over
+# x itself.
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dx_into", ["new", "slice", "x itself"])
+@pytest.mark.parametrize("with_dresidual", [True, False])
+def test_own_backward_matches_naive(x_dtype, dx_into, with_dresidual):
+    torch.manual_seed(0)
+    batch, length, dim, t0, t1 = 2, 19, 40, 5, 16
+    full = _nan_guarded(torch.randn(batch, length, dim, device=DEVICE).to(x_dtype))  # reads outside it: NaN
+    x = full[:, t0:t1]  # a piece of a longer sequence: strided along batch
+    weight = torch.randn(dim, device=DEVICE)
+    dout = torch.randn(x.shape, device=DEVICE)
+    dresidual = torch.randn(x.shape, device=DEVICE) if with_dresidual else None
+
+    x64, w64 = x.double().requires_grad_(), weight.double().requires_grad_()
+    expected_out, _ = naive_add_rms_norm(x64, w64, None, EPS, x64)
+    expected_out.backward(dout.double())
+    expected_dx = x64.grad + (0 if dresidual is None else dresidual.double())
+
+    out, rstd = rms_interface.rms_norm_forward(x, weight, EPS, torch.float32)
+    assert rstd.shape == (batch * (t1 - t0),) and rstd.dtype == torch.float32
+    assert_close(out, expected_out, torch.float32, "out")
+    dx_out = None
+    if dx_into == "slice":
+        dx_buffer = torch.full((batch, length, dim), float("nan"), dtype=x_dtype, device=DEVICE)
+        dx_out = dx_buffer[:, t0:t1]
+    elif dx_into == "x itself":  # each row read before it is overwritten
+        dx_out = x
+    dx, dweight = rms_interface.rms_norm_backward(x, weight, rstd, dout, dresidual, dx_out=dx_out)
+    assert dx.dtype == x_dtype and dx.shape == x.shape
+    if dx_out is not None:
+        assert dx.data_ptr() == dx_out.data_ptr()
+    if dx_into == "slice":
+        assert dx_buffer[:, :t0].isnan().all() and dx_buffer[:, t1:].isnan().all()  # nothing else touched
+    assert_close(dx, expected_dx, x_dtype, "dx")
+    assert_close(dweight, w64.grad, torch.float32, "dweight")
+
+
+def test_own_backward_without_dx_gives_dweight_only():
+    x, weight, dout = torch.randn(3, 7, 24, device=DEVICE), torch.randn(24, device=DEVICE), torch.randn(3, 7, 24)
+    _, rstd = rms_interface.rms_norm_forward(x, weight, EPS, torch.float32)
+    dx, dweight = rms_interface.rms_norm_backward(x, weight, rstd, dout.to(DEVICE), want_dx=False)
+    _, expected = rms_interface.rms_norm_backward(x, weight, rstd, dout.to(DEVICE))
+    assert dx is None
+    torch.testing.assert_close(dweight, expected, rtol=0, atol=0)
+
+
+def test_own_backward_rejects_mismatched_shapes():
+    x, weight = torch.randn(2, 5, 8, device=DEVICE), torch.randn(8, device=DEVICE)
+    _, rstd = rms_interface.rms_norm_forward(x, weight, EPS, torch.float32)
+    with pytest.raises(ValueError, match=r"dresidual must have x's shape \(2, 5, 8\), got \(2, 4, 8\)"):
+        rms_interface.rms_norm_backward(x, weight, rstd, torch.randn_like(x), torch.randn(2, 4, 8, device=DEVICE))
+    with pytest.raises(ValueError, match="dx_out must be viewable as rows in place"):
+        rms_interface.rms_norm_backward(x, weight, rstd, torch.randn_like(x),
+                                        dx_out=torch.randn(8, 5, 2, device=DEVICE).transpose(0, 2))
+
+
 # ----------------------------------------------------------------------------------------------------
 # GPU tier: real shapes, 64-bit offsets, determinism and memory. Rows never mix except in dweight, so
 # out, new_residual, dx and dresidual are checked on a subset of rows against the float64 oracle, and
