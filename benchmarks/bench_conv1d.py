@@ -103,9 +103,10 @@ def sweep_tiles(dim: int, seqlen: int) -> list[dict[str, float | str]]:
     default = conv_interface.GPU_TILES["channels_last"]
     candidates = [
         default,
-        {**default, "BLOCK_L_FWD": 32, "BLOCK_L_BWD": 32, "num_warps": 8},
-        {**default, "BLOCK_L_FWD": 128, "BLOCK_L_BWD": 8, "num_warps": 8},
-        {**default, "BLOCK_D": 32, "BLOCK_L_FWD": 128, "BLOCK_L_BWD": 16},
+        {**default, "BLOCK_D_FWD": 64, "BLOCK_L_FWD": 64},  # the forward's tile before the eleventh session
+        {**default, "BLOCK_D_FWD": 64, "BLOCK_L_FWD": 32},
+        {**default, "BLOCK_D_FWD": 128, "BLOCK_L_FWD": 64},
+        {**default, "BLOCK_D_FWD": 256, "BLOCK_L_FWD": 16},
     ]
     rows = []
     try:
