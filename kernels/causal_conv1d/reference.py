@@ -48,8 +48,21 @@ def causal_conv1d_ref(
         state = x32.new_zeros(batch, dim, width - 1)
     else:
         state = initial_state.float()
-    xpad = torch.cat([state, x32], dim=-1)  # (B, D, L + W - 1)
-    out = F.conv1d(xpad, weight.float().unsqueeze(1), None if bias is None else bias.float(), groups=dim)  # (B, D, L)
+    if x.stride(1) == 1 and dim > 1:
+        # Channel-last memory (the model's conv input is a view of in_proj's (B, L, 2 * D) output): a sum of W
+        # shifted products in that layout. Concatenating into F.conv1d's (B, D, L) layout is a transposing copy,
+        # which on a CPU took longer than the conv itself.
+        xpad = torch.cat([state.transpose(1, 2), x32.transpose(1, 2)], dim=1)  # (B, L + W - 1, D)
+        w = weight.float().t()  # (W, D)
+        out = xpad[:, :seqlen] * w[0]
+        for k in range(1, width):
+            out.addcmul_(xpad[:, k:k + seqlen], w[k])  # in place: a fresh buffer per tap costs page faults
+        if bias is not None:
+            out.add_(bias.float())
+        out, xpad = out.transpose(1, 2), xpad.transpose(1, 2)  # (B, D, L), (B, D, L + W - 1)
+    else:
+        xpad = torch.cat([state, x32], dim=-1)  # (B, D, L + W - 1)
+        out = F.conv1d(xpad, weight.float().unsqueeze(1), None if bias is None else bias.float(), groups=dim)
     if activation == "silu":
         out = F.silu(out)
     out = out.to(x.dtype)

@@ -2,18 +2,21 @@
 
 Memory is linear in L at any length, and the backward is written by hand rather than left to autograd:
 
-- The forward walks the sequence in chunks of T steps under ``no_grad`` and keeps only the state entering each
-  chunk. Within a chunk it is a plain recurrence, h_t = exp(dt_t A) * h_{t-1} + dt_t B_t u_t, one fused
-  ``addcmul`` per step over a contiguous (batch, dim, N) slice: on a CPU this sequential form moves the fewest
-  bytes, and it never forms exp(-cumsum(dt A)), which overflows for fast-decaying channels.
+- The forward walks the sequence in chunks of T steps and keeps only the state entering each chunk (and nothing
+  when no input needs a gradient). Within a chunk it is a plain recurrence, h_t = exp(dt_t A) * h_{t-1} +
+  dt_t B_t u_t: one in-place ``addcmul_`` per step over a contiguous (batch, dim, N) slice. On a CPU this
+  sequential form moves the fewest bytes, and it never forms exp(-cumsum(dt A)), which overflows for
+  fast-decaying channels.
 - The backward walks the chunks in reverse, recomputes a chunk's states from its stored start state, runs the
-  adjoint recurrence g_t = dy_t C_t + exp(dt_{t+1} A) g_{t+1} (one ``add`` and one ``mul`` per step), and reads
+  adjoint recurrence g_t = dy_t C_t + exp(dt_{t+1} A) g_{t+1} (one ``add_`` and one ``mul`` per step), and reads
   every input gradient off g and the states with whole-chunk tensor ops. The gradient of the state entering a
   chunk is carried into the previous chunk, starting from the final-state gradient, so a sequence split into
   segments with carried states backpropagates exactly.
 
-Work tensors are time-major, (T, batch, dim, N), so each step touches one contiguous block. T is chosen from an
-element budget, so peak memory is a few such tensors whatever L is.
+Work tensors are time-major, (T, batch, groups, dim / groups, N), so each step touches one contiguous block, and
+B and C stay (T, batch, groups, 1, N) broadcasts rather than per-channel copies. Sums over the states (y, the
+gradient through B) and over a group's channels (dB, dC) are batched matrix products, which form no temporary of
+the work tensors' size. T is chosen from an element budget, so peak memory is a few such tensors whatever L is.
 """
 
 from __future__ import annotations
@@ -21,27 +24,45 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Elements of one (T, batch, dim, N) fp32 work tensor (2 MiB): small enough that the dozen passes the backward
-# makes over a chunk stay in cache, large enough that per-chunk Python overhead is noise.
+# Elements of one (T, batch, dim, N) fp32 work tensor (2 MiB): small enough that the passes the backward makes over
+# a chunk stay in cache, large enough that per-chunk Python overhead is noise.
 _CHUNK_ELEMENTS = 1 << 19
+# ...but at least this many steps: with wide batches (embedding or scoring many windows at once) the budget alone
+# gave 1-2 steps per chunk, where per-chunk overhead dominated and the saved chunk-start states approached the
+# size of all the states.
+_MIN_CHUNK_STEPS = 8
 
 
 def default_chunk_len(batch: int, dim: int, dstate: int, seqlen: int) -> int:
-    """Steps per chunk: as many as the element budget allows (at least 1, at most ``seqlen``)."""
-    return max(1, min(seqlen, _CHUNK_ELEMENTS // max(1, batch * dim * dstate)))
+    """Steps per chunk: as many as the element budget allows, at least ``_MIN_CHUNK_STEPS``, at most ``seqlen``."""
+    budget = _CHUNK_ELEMENTS // max(1, batch * dim * dstate)
+    return max(1, min(seqlen, max(_MIN_CHUNK_STEPS, budget)))
 
 
-def _time_major_groups(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """(batch, groups, N, l) -> (l, batch, dim, N), each group's row shared by its dim // groups channels."""
-    batch, groups, n, steps = t.shape
-    t = t.permute(3, 0, 1, 2).unsqueeze(3)  # (l, batch, groups, 1, N)
-    return t.expand(steps, batch, groups, dim // groups, n).reshape(steps, batch, dim, n)
+def _time_major(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """(batch, dim, l) -> (l, batch, groups, dim // groups, 1) fp32, contiguous.
+
+    Contiguous first: elementwise results follow their inputs' layout, and each step of a work tensor must be
+    one contiguous block."""
+    steps = t.shape[-1]
+    return t.float().permute(2, 0, 1).contiguous().view(steps, t.shape[0], groups, -1, 1)
 
 
-def _sum_groups(t: torch.Tensor, groups: int) -> torch.Tensor:
-    """(l, batch, dim, N) -> (batch, groups, N, l): the sum over the channels of each group."""
-    steps, batch, dim, n = t.shape
-    return t.reshape(steps, batch, groups, dim // groups, n).sum(3).permute(1, 2, 3, 0)
+def _time_major_rows(t: torch.Tensor) -> torch.Tensor:
+    """B or C (batch, groups, N, l) -> (l, batch, groups, 1, N) fp32, contiguous: one row per group, broadcast
+    over its channels."""
+    return t.float().permute(3, 0, 1, 2).contiguous().unsqueeze(3)
+
+
+def _channel_major(t: torch.Tensor) -> torch.Tensor:
+    """(l, batch, groups, dim // groups, 1) -> (batch, dim, l) (a view)."""
+    steps, batch = t.shape[:2]
+    return t.view(steps, batch, -1).permute(1, 2, 0)
+
+
+def _group_rows(t: torch.Tensor) -> torch.Tensor:
+    """(l, batch, groups, 1, N) -> (batch, groups, N, l) (a view)."""
+    return t.squeeze(3).permute(1, 2, 3, 0)
 
 
 def _dt(delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,18 +71,38 @@ def _dt(delta: torch.Tensor, delta_bias: torch.Tensor | None, softplus: bool) ->
     return (F.softplus(pre) if softplus else pre), pre
 
 
-def _chunk_states(u, dt, A, Bt, h, out):
-    """Run the recurrence over one chunk, writing h_t into ``out``; returns the decays and the end state.
+class _Buffers:
+    """Work tensors of one chunk's shape, (T, batch, groups, dpg, N) fp32, allocated once per call and sliced to
+    each chunk's length. Fresh multi-MiB allocations cost more than the arithmetic on a CPU (the allocator hands
+    large blocks back to the OS, so each new one page-faults): 8 MiB took 1-2 ms to allocate and 0.3 ms to fill."""
 
-    Shapes: u, dt (batch, dim, l);  A (dim, N);  Bt (l, batch, dim, N);  h (batch, dim, N);  out (l, batch, dim, N).
+    def __init__(self, count: int, shape: tuple[int, ...], device: torch.device):
+        self._all = [torch.empty(shape, device=device) for _ in range(count)]
+
+    def take(self, steps: int) -> list[torch.Tensor]:
+        return [t[:steps] for t in self._all]
+
+
+def _chunk_states(dt, dtu, A, Bt, h, decay, states):
+    """Run the recurrence over one chunk, filling ``decay`` with exp(dt_t A) and ``states`` with h_t.
+
+    Shapes: dt, dtu (= dt * u): (l, batch, groups, dpg, 1);  A: (groups, dpg, N);  Bt: (l, batch, groups, 1, N);
+    h: (batch, groups, dpg, N), the state entering the chunk (left unchanged);  decay, states: (l, batch, groups,
+    dpg, N).
     """
-    # Time-major copies first: elementwise results keep their inputs' layout, and each step must be contiguous.
-    dt_t = dt.permute(2, 0, 1).contiguous().unsqueeze(-1)  # (l, batch, dim, 1)
-    decay = torch.exp(dt_t * A)  # (l, batch, dim, N)
-    x = (dt_t * u.permute(2, 0, 1).unsqueeze(-1)) * Bt  # (l, batch, dim, N)
-    for t in range(u.shape[-1]):
-        h = torch.addcmul(x[t], decay[t], h, out=out[t])
-    return decay, h
+    torch.mul(dt, A, out=decay).exp_()
+    torch.mul(dtu, Bt, out=states)  # x_t = dt_t u_t B_t, overwritten step by step with h_t = x_t + a_t h_{t-1}
+    for x_t, a_t in zip(states.unbind(0), decay.unbind(0), strict=True):
+        h = x_t.addcmul_(a_t, h)
+
+
+def _like_layout(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An empty (batch, dim, l) tensor laid out as t: channel-last (time-major chunks copy into it row by row, and
+    the model's next GEMM reads rows) unless t is time-contiguous."""
+    batch, dim, steps = t.shape
+    if t.stride(-1) == 1:
+        return torch.empty(batch, dim, steps, dtype=dtype, device=t.device)
+    return torch.empty(batch, steps, dim, dtype=dtype, device=t.device).transpose(1, 2)
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -72,29 +113,36 @@ class _SelectiveScanRef(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_len):
         batch, dim, seqlen = u.shape
-        dstate = A.shape[1]
-        A32, D32, bias32 = A.float(), _f32(D), _f32(delta_bias)
-        h = torch.zeros(batch, dim, dstate, device=u.device) if initial_state is None else initial_state.float()
-        y = torch.empty(batch, dim, seqlen, dtype=u.dtype, device=u.device)
-        states = torch.empty(min(chunk_len, seqlen), batch, dim, dstate, device=u.device)
+        groups, dstate = B.shape[1], A.shape[1]
+        A32, D32, bias32 = A.float().reshape(groups, -1, dstate), _f32(D), _f32(delta_bias)
+        if initial_state is None:
+            h = torch.zeros(batch, groups, dim // groups, dstate, device=u.device)
+        else:
+            h = initial_state.float().reshape(batch, groups, -1, dstate)
+        y = _like_layout(u, u.dtype)
+        keep_starts = any(ctx.needs_input_grad)
         starts = []  # the state entering each chunk: all the backward needs besides the inputs
+        buffers = _Buffers(2, (min(chunk_len, seqlen), *h.shape), u.device)
         for s in range(0, seqlen, chunk_len):
             e = min(seqlen, s + chunk_len)
-            starts.append(h)
+            if keep_starts:
+                starts.append(h)
             uc = u[..., s:e].float()
             dt, _ = _dt(delta[..., s:e].float(), bias32, delta_softplus)
-            hc = states[: e - s]
-            _, h = _chunk_states(uc, dt, A32, _time_major_groups(B[..., s:e].float(), dim), h, hc)
-            h = h.clone()  # hc is reused by the next chunk
-            yc = (hc * _time_major_groups(C[..., s:e].float(), dim)).sum(-1).permute(1, 2, 0)  # (batch, dim, l)
+            decay, states = buffers.take(e - s)
+            _chunk_states(_time_major(dt, groups), _time_major(dt * uc, groups), A32, _time_major_rows(B[..., s:e]),
+                          h, decay, states)
+            h = states[-1].clone()  # the buffers are the next chunk's
+            yc = _channel_major(torch.matmul(states, _time_major_rows(C[..., s:e]).transpose(-1, -2)))
             if D32 is not None:
                 yc = yc + D32[:, None] * uc
             if z is not None:
                 yc = yc * F.silu(z[..., s:e].float())
             y[..., s:e] = yc
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, torch.stack(starts))
-        ctx.delta_softplus, ctx.chunk_len = delta_softplus, chunk_len
-        return y, h
+        if keep_starts:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, torch.stack(starts))
+            ctx.delta_softplus, ctx.chunk_len = delta_softplus, chunk_len
+        return y, h.view(batch, dim, dstate)
 
     @staticmethod
     def backward(ctx, dy, dfinal):
@@ -102,36 +150,33 @@ class _SelectiveScanRef(torch.autograd.Function):
         batch, dim, seqlen = u.shape
         groups, dstate = B.shape[1], A.shape[1]
         chunk_len = ctx.chunk_len
-        A32, D32, bias32 = A.float(), _f32(D), _f32(delta_bias)
+        A32, D32, bias32 = A.float().reshape(groups, -1, dstate), _f32(D), _f32(delta_bias)
         dev = u.device
 
-        du = torch.empty(batch, dim, seqlen, device=dev)
-        ddelta = torch.empty(batch, dim, seqlen, device=dev)
+        du, ddelta = _like_layout(u, torch.float32), _like_layout(delta, torch.float32)
         dB = torch.empty(batch, groups, dstate, seqlen, device=dev)
         dC = torch.empty(batch, groups, dstate, seqlen, device=dev)
-        dz = None if z is None else torch.empty(batch, dim, seqlen, device=dev)
-        dA = torch.zeros(dim, dstate, device=dev)
+        dz = None if z is None else _like_layout(z, torch.float32)
+        dA = torch.zeros_like(A32)
         dD = None if D is None else torch.zeros(dim, device=dev)
         # g: gradient of the loss with respect to the state h_t, walked backwards from the final state's.
-        g = torch.zeros(batch, dim, dstate, device=dev) if dfinal is None else dfinal.float().clone()
-        states = torch.empty(min(chunk_len, seqlen), batch, dim, dstate, device=dev)
-        adjoint = torch.empty_like(states)
+        g = starts.new_zeros(starts.shape[1:]) if dfinal is None else dfinal.float().reshape(starts.shape[1:]).clone()
+        buffers = _Buffers(3, (min(chunk_len, seqlen), *starts.shape[1:]), dev)
 
         for c in range(starts.shape[0] - 1, -1, -1):
             s = c * chunk_len
             e = min(seqlen, s + chunk_len)
-            steps = e - s
             uc = u[..., s:e].float()
             dt, pre = _dt(delta[..., s:e].float(), bias32, ctx.delta_softplus)
-            Bt = _time_major_groups(B[..., s:e].float(), dim)  # (l, batch, dim, N)
-            Ct = _time_major_groups(C[..., s:e].float(), dim)
-            hc = states[:steps]
-            decay, _ = _chunk_states(uc, dt, A32, Bt, starts[c], hc)
+            dt_t, dtu_t = _time_major(dt, groups), _time_major(dt * uc, groups)  # (l, batch, groups, dpg, 1)
+            Bt, Ct = _time_major_rows(B[..., s:e]), _time_major_rows(C[..., s:e])  # (l, batch, groups, 1, N)
+            decay, states, ga = buffers.take(e - s)
+            _chunk_states(dt_t, dtu_t, A32, Bt, starts[c], decay, states)
 
             dyc = dy[..., s:e].float()  # gradient of the gated output
             if z is not None:
                 zc = z[..., s:e].float()
-                y_pre = (hc * Ct).sum(-1).permute(1, 2, 0)
+                y_pre = _channel_major(torch.matmul(states, Ct.transpose(-1, -2)))
                 if D32 is not None:
                     y_pre = y_pre + D32[:, None] * uc
                 sig = torch.sigmoid(zc)
@@ -139,23 +184,24 @@ class _SelectiveScanRef(torch.autograd.Function):
                 dyc = dyc * zc * sig  # gradient of the pre-gate output
             if D32 is not None:
                 dD += (dyc * uc).sum((0, 2))
-            dyt = dyc.permute(2, 0, 1).contiguous().unsqueeze(-1)  # (l, batch, dim, 1)
-            dC[..., s:e] = _sum_groups(dyt * hc, groups)
+            dyt = _time_major(dyc, groups)  # (l, batch, groups, dpg, 1)
+            dC[..., s:e] = _group_rows(torch.matmul(dyt.transpose(-1, -2), states))
 
-            # Adjoint recurrence: g_t = dy_t C_t + decay_{t+1} g_{t+1}; g leaves as decay_0 g_0 = dL/dh_start.
-            inject = dyt * Ct
-            ga = adjoint[:steps]
-            for t in range(steps - 1, -1, -1):
-                g = torch.add(inject[t], g, out=ga[t])
-                g = g * decay[t]
+            # Adjoint recurrence: ga_t = dy_t C_t + decay_t+1 g_t+1. g leaves the chunk as decay_0 ga_0 = dL/dh_start.
+            torch.mul(dyt, Ct, out=ga)
+            for ga_t, a_t in zip(reversed(ga.unbind(0)), reversed(decay.unbind(0)), strict=True):
+                torch.mul(ga_t.add_(g), a_t, out=g)
 
-            h_prev = torch.cat([starts[c].unsqueeze(0), hc[:-1]])  # (l, batch, dim, N)
-            g_log_decay = ga * h_prev * decay  # dL/d(dt_t * A) per (t, b, d, n)
-            dt_t = dt.permute(2, 0, 1).contiguous().unsqueeze(-1)  # (l, batch, dim, 1)
-            dA += (g_log_decay * dt_t).sum((0, 1))
-            gB = (ga * Bt).sum(-1).permute(1, 2, 0)  # (batch, dim, l)
-            ddt = (g_log_decay * A32).sum(-1).permute(1, 2, 0) + gB * uc
-            dB[..., s:e] = _sum_groups(ga * (dt_t * uc.permute(2, 0, 1).unsqueeze(-1)), groups)
+            # dL/d(dt_t * A) per (t, batch, channel, n): ga_t * h_{t-1} * decay_t, written over the decays; the
+            # states' buffer then holds its products with A and with dt in turn.
+            g_log_decay = decay
+            g_log_decay[1:].mul_(ga[1:]).mul_(states[:-1])
+            g_log_decay[0].mul_(ga[0]).mul_(starts[c])
+            ddt = _channel_major(torch.mul(g_log_decay, A32, out=states).sum(-1, keepdim=True))
+            dA += torch.mul(g_log_decay, dt_t, out=states).sum((0, 1))
+            gB = _channel_major(torch.matmul(ga, Bt.transpose(-1, -2)))  # sum_n g B: (batch, dim, l)
+            ddt = ddt + gB * uc
+            dB[..., s:e] = _group_rows(torch.matmul(dtu_t.transpose(-1, -2), ga))
             du_c = gB * dt
             du[..., s:e] = du_c if D32 is None else du_c + D32[:, None] * dyc
             ddelta[..., s:e] = ddt * torch.sigmoid(pre) if ctx.delta_softplus else ddt
@@ -164,13 +210,13 @@ class _SelectiveScanRef(torch.autograd.Function):
         return (
             du.to(u.dtype),
             ddelta.to(delta.dtype),
-            dA.to(A.dtype),
+            dA.view(dim, dstate).to(A.dtype),
             dB.to(B.dtype),
             dC.to(C.dtype),
             None if D is None else dD.to(D.dtype),
             None if z is None else dz.to(z.dtype),
             None if delta_bias is None else dbias.to(delta_bias.dtype),
-            None if initial_state is None else g.to(initial_state.dtype),
+            None if initial_state is None else g.view(batch, dim, dstate).to(initial_state.dtype),
             None,
             None,
         )

@@ -117,8 +117,9 @@ def check_against_naive(
     has_state=True,
     final_grad=True,
     device=DEVICE,
+    backend="triton",
 ):
-    """Runs the Triton path forward and backward with random upstream gradients; compares everything.
+    """Runs the Triton path (or ``backend``) forward and backward with random upstream gradients; compares everything.
 
     dout is channels-last (the model's case) unless dout_layout says otherwise; NaN-guarded x gets a guarded dout.
     """
@@ -131,7 +132,7 @@ def check_against_naive(
     if has_state:
         state = torch.randn(batch, width - 1, dim, device=device).to(dtype).transpose(1, 2).requires_grad_()
 
-    out, final = causal_conv1d(x, weight, bias, "silu" if silu else None, state, True, backend="triton")
+    out, final = causal_conv1d(x, weight, bias, "silu" if silu else None, state, True, backend=backend)
     if dout_layout is None:
         dout_layout = layout if layout in ("nan_guarded", "channels_last_nan_guarded") else "channels_last"
     dout = torch.randn(batch, seqlen, dim, device=device).to(dtype).transpose(1, 2)  # strided upstream gradient
@@ -346,6 +347,16 @@ def test_reference_matches_naive():
     ref_out, ref_final = naive_causal_conv1d(x.double(), weight.double(), bias.double(), state.double(), True)
     torch.testing.assert_close(out.double(), ref_out, **TOLERANCE[torch.float32])
     torch.testing.assert_close(final.double(), ref_final, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "channels_last_dense"])
+@pytest.mark.parametrize(("seqlen", "width", "has_state"), [(1, 4, True), (2, 4, False), (7, 2, True), (63, 3, True),
+                                                          (128, 4, False)])
+def test_reference_matches_naive_in_each_layout(layout, seqlen, width, has_state):
+    """The reference computes channel-last inputs (the model's) in their own layout and time-contiguous ones with
+    F.conv1d: both against the float64 oracle, gradients and final state included, also when L < width - 1."""
+    check_against_naive(seqlen=seqlen, width=width, layout=layout, has_state=has_state, backend="reference",
+                        device=torch.device("cpu"))
 
 
 def test_auto_backend_falls_back_to_reference_on_cpu(monkeypatch):

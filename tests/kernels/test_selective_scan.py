@@ -219,6 +219,35 @@ def test_reference_chunk_recompute_path():
     check_against_oracle(inputs, backend="reference", chunk_len=8)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channel_last"])
+def test_reference_in_either_layout(layout):
+    """The reference's outputs and gradients follow the inputs' layout (channel-last ones are copied row by row)."""
+    inputs = make_inputs(2, 6, 4, 37, 2, device=torch.device("cpu"), layout=layout, seed=3)
+    check_against_oracle(inputs, backend="reference", chunk_len=8)
+    y = selective_scan_ref(**inputs, delta_softplus=True)
+    assert (y.stride(1) == 1) == (layout == "channel_last")
+
+
+def test_reference_without_gradients_matches_oracle():
+    """Under no_grad (embedding, scoring) the reference keeps no chunk states; the results are the same."""
+    inputs = make_inputs(3, 10, 4, 45, 1, device=torch.device("cpu"), seed=4)
+    with torch.no_grad():
+        y, h = selective_scan_ref(**inputs, delta_softplus=True, return_final_state=True, chunk_len=8)
+    y_ref, h_ref = naive_scan(**{k: None if v is None else v.double() for k, v in inputs.items()},
+                              delta_softplus=True)
+    assert rel_err(y, y_ref) < TOLERANCE[torch.float32]
+    assert rel_err(h, h_ref) < TOLERANCE[torch.float32]
+
+
+def test_reference_chunks_stay_long_with_wide_batches():
+    """The element budget alone gave 1-2 steps per chunk at batch x dim x N of 2^18 (32 windows of the 7M model)."""
+    from dna_mamba.kernels.selective_scan.reference import default_chunk_len
+
+    assert default_chunk_len(32, 512, 16, 1024) == 8
+    assert default_chunk_len(1, 512, 16, 1 << 20) == 64
+    assert default_chunk_len(32, 512, 16, 5) == 5
+
+
 def test_segments_with_carried_state_equal_one_pass():
     """Scanning in two segments with the state carried (and backpropagated) equals one pass, for both backends."""
     for backend in ("triton", "reference"):
