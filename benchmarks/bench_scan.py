@@ -11,7 +11,8 @@ z gate, D skip, delta_bias and softplus, as in BASELINES.md.
     python benchmarks/bench_scan.py --shapes S1 --variants "base;t_tile=4;block_d=64,programs_per_sm=8"
     python benchmarks/bench_scan.py --profile S1      # one forward + backward, to run under ncu
 
---sass needs no GPU: it compiles the kernels for sm_90 and counts the SASS of each time loop.
+--sass needs no GPU: it compiles the kernels for sm_90 and counts the SASS of each time loop, with the installed
+Triton. The GPU machine runs Triton 3.6: put a triton==3.6.0 install first on PYTHONPATH to count what it runs.
 """
 
 from __future__ import annotations
