@@ -159,8 +159,8 @@ def _add_rms_norm_bwd_kernel(
         if STORE_DX:
             dx_offs = _row_offsets(rows, n_inner, stride_dx_outer, stride_dx_inner)
             tl.store(dx_ptr + dx_offs[:, None] + cols[None, :], dr.to(dx_ptr.dtype.element_ty), mask=mask)
-        out_offs = rows[:, None] * dim + cols[None, :]
-        if STORE_DRESIDUAL:
-            tl.store(dresidual_ptr + out_offs, dr.to(dresidual_ptr.dtype.element_ty), mask=mask)
+        if STORE_DRESIDUAL:  # (rows, dim) contiguous
+            dres_out = dresidual_ptr + rows[:, None] * dim + cols[None, :]
+            tl.store(dres_out, dr.to(dresidual_ptr.dtype.element_ty), mask=mask)
 
     tl.store(dweight_partial_ptr + pid * dim + cols, tl.sum(dw, axis=0), mask=mask_d)
