@@ -271,6 +271,99 @@ def test_segmented_loss_through_fused_blocks_equals_one_pass():
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-3, atol=1e-6, msg=name)
 
 
+class LowRankLinear(torch.nn.Module):
+    """A LoRA-style wrapper: the base layer plus a trainable low-rank update, exposing the base weight as `weight`
+    the way adapter libraries do. A path that reads `weight` instead of calling the module drops the update."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 2):
+        super().__init__()
+        self.base = base
+        self.down = torch.nn.Linear(base.in_features, rank, bias=False)
+        self.up = torch.nn.Linear(rank, base.out_features, bias=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.up(self.down(x))
+
+
+def _hook_mixer_out(block: Block, seen: list):
+    return block.mixer.out_proj.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+
+
+@pytest.mark.parametrize("change", ["hook out_proj", "hook norm", "pre-hook mixer", "backward hook in_proj",
+                                    "wrap in_proj", "wrap out_proj", "global hook"])
+def test_forced_fused_block_refuses_what_it_would_skip(change):
+    """The fused node reads weights and calls no submodule: with fused=True, anything it would silently skip is a
+    ValueError naming it (fused=None runs such a block step by step instead: the GPU test below)."""
+    block = _block()
+    block.fused = True
+    handles = []
+    if change == "hook out_proj":
+        handles.append(_hook_mixer_out(block, []))
+    elif change == "hook norm":
+        handles.append(block.norm.register_forward_hook(lambda *a: None))
+    elif change == "pre-hook mixer":
+        handles.append(block.mixer.register_forward_pre_hook(lambda *a: None))
+    elif change == "backward hook in_proj":
+        handles.append(block.mixer.in_proj.register_full_backward_hook(lambda *a: None))
+    elif change == "wrap in_proj":
+        block.mixer.in_proj = LowRankLinear(block.mixer.in_proj)
+    elif change == "wrap out_proj":
+        block.mixer.out_proj = LowRankLinear(block.mixer.out_proj)
+    elif change == "global hook":
+        handles.append(torch.nn.modules.module.register_module_forward_hook(lambda *a: None))
+    x = torch.randn(1, 9, 12)
+    expected = {"hook out_proj": "mixer.out_proj", "hook norm": "norm", "pre-hook mixer": "mixer",
+                "backward hook in_proj": "mixer.in_proj", "wrap in_proj": "in_proj is a LowRankLinear",
+                "wrap out_proj": "out_proj is a LowRankLinear", "global hook": "global module hooks"}[change]
+    try:
+        with pytest.raises(ValueError, match=expected):
+            block(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if handles:
+        out, _ = block(x)  # the hooks are gone: the fused node runs again
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["x_proj", "dt_proj"])
+def test_wrapped_weight_only_projection_is_an_error_on_every_path(name):
+    """x_proj and dt_proj are read as weights on both paths, so an adapter there would be dropped: a ValueError in the
+    step-by-step forward, the fused node and the one-token step, not a model that silently ignores it."""
+    torch.manual_seed(0)
+    model = DnaMambaLM(DnaMambaConfig(d_model=12, n_layer=2, d_state=4))
+    mixer = model.layers[1].mixer
+    setattr(mixer, name, LowRankLinear(getattr(mixer, name)))
+    tokens = torch.randint(0, 4, (1, 10))
+    with pytest.raises(ValueError, match=f"mixer.{name} is a LowRankLinear"):
+        model(tokens)
+    with pytest.raises(ValueError, match=f"mixer.{name} is a LowRankLinear"):
+        model.step(tokens[:, 0], model.allocate_state(1))
+    model.layers[1].fused = True
+    with pytest.raises(ValueError, match=f"mixer.{name} is a LowRankLinear"):
+        model(tokens)
+
+
+def test_hook_on_a_weight_only_projection_is_warned_about_once(caplog):
+    from dna_mamba.model import mamba
+
+    block = _block()
+    handle = block.mixer.x_proj.register_forward_hook(lambda *a: None)
+    mamba._warned.clear()
+    try:
+        with caplog.at_level("WARNING", logger="dna_mamba.model.mamba"):
+            block(torch.randn(1, 5, 12))
+            block(torch.randn(1, 5, 12))
+    finally:
+        handle.remove()
+    warnings = [r.getMessage() for r in caplog.records if "mixer.x_proj" in r.getMessage()]
+    assert len(warnings) == 1 and "do not fire" in warnings[0]
+
+
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -306,3 +399,37 @@ def test_gpu_block_fused_matches_step_by_step(monkeypatch, autocast):
     assert rel(dx_f, dx_r) < tol
     for name in grads_r:
         assert rel(grads_f[name], grads_r[name]) < tol, name
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_blocks_with_hooks_or_adapters_run_step_by_step(caplog):
+    """On CUDA (fused=None) a hook inside a block fires and an adapter on in_proj trains: such blocks run step by
+    step, with one warning, and give the step-by-step path's outputs and gradients."""
+    from dna_mamba.model import mamba
+
+    torch.manual_seed(0)
+    model = DnaMambaLM(DnaMambaConfig(d_model=64, n_layer=2, d_state=16)).cuda()
+    model.layers[0].mixer.in_proj = LowRankLinear(model.layers[0].mixer.in_proj).cuda()
+    seen = []
+    handle = _hook_mixer_out(model.layers[1], seen)
+    tokens = torch.randint(0, 4, (2, 300), device="cuda")
+    mamba._warned.clear()
+    results = []
+    for fused in (None, False):
+        for layer in model.layers:
+            layer.fused = fused
+        model.zero_grad(set_to_none=True)
+        with caplog.at_level("WARNING", logger="dna_mamba.model.mamba"):
+            logits = model(tokens).logits
+        logits.square().mean().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    handle.remove()
+    assert len(seen) == 2  # once per forward, fused=None included
+    assert sum("running blocks step by step" in r.getMessage() for r in caplog.records) == 2  # one per reason
+    (auto_logits, auto_grads), (ref_logits, ref_grads) = results
+    torch.testing.assert_close(auto_logits, ref_logits)
+    adapter = "layers.0.mixer.in_proj.up.weight"
+    assert auto_grads[adapter].abs().sum() > 0
+    for name in ref_grads:
+        torch.testing.assert_close(auto_grads[name], ref_grads[name], msg=name)

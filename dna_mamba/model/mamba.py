@@ -11,13 +11,15 @@ MambaMixer (the block of Gu & Dao 2023):
 The scan, the conv and the norm come from ``dna_mamba.kernels``: fused Triton on CUDA tensors, the pure-PyTorch
 reference elsewhere, so this file never changes when kernels do. On CUDA a whole block runs as one autograd node
 that keeps only its input and recomputes the rest in the backward, over pieces of the sequence
-(``fused_block.py``); the step-by-step path below is the CPU path and its test oracle. Every layer can start from
+(``fused_block.py``); the step-by-step path below is the CPU path and its test oracle, and runs on CUDA too where
+hooks or replaced modules inside a block need their modules called (``Block.uses_fused``). Every layer can start from
 and return its recurrent state (conv_state: the last d_conv - 1 conv inputs; ssm_state: h), which gives streaming
 over chunks and ``step()``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -29,6 +31,8 @@ from torch.utils.checkpoint import checkpoint
 from dna_mamba.kernels import add_rms_norm, selective_scan
 from dna_mamba.model.config import DnaMambaConfig
 from dna_mamba.model.fused_block import mamba_block, pre_scan, split_xz
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,6 +116,7 @@ class MambaMixer(nn.Module):
         self, hidden: torch.Tensor, state: LayerState | None = None, return_state: bool = False
     ) -> tuple[torch.Tensor, LayerState | None]:
         """Shapes: hidden (B, L, d_model) -> (B, L, d_model); state as in LayerState."""
+        _check_weight_only_projections(self)
         xz = self.in_proj(hidden)  # (B, L, 2 * d_inner)
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
         conv_state, ssm_state = (None, None) if state is None else (state.conv, state.ssm)
@@ -136,6 +141,7 @@ class MambaMixer(nn.Module):
 
     def step(self, hidden: torch.Tensor, state: LayerState) -> tuple[torch.Tensor, LayerState]:
         """One token through the recurrence. Shapes: hidden (B, d_model) -> (B, d_model)."""
+        _check_weight_only_projections(self)
         cfg = self.config
         n = cfg.d_state
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, d_inner) each
@@ -163,6 +169,64 @@ class MambaMixer(nn.Module):
         )
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether forward or backward hooks are registered on this module."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    """Whether forward or backward hooks are registered for every module (``nn.modules.module.register_module_*``)."""
+    m = nn.modules.module
+    return bool(m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks
+                or m._global_backward_pre_hooks)
+
+
+def _check_weight_only_projections(mixer: MambaMixer) -> None:
+    """x_proj and dt_proj are read as weight matrices on both paths, never called: refuse a replaced module (a LoRA
+    wrapper, a quantised layer), whose contribution would be silently dropped, and warn once that hooks there do
+    not fire."""
+    for name in ("x_proj", "dt_proj"):
+        module = getattr(mixer, name)
+        if type(module) is not nn.Linear:
+            raise ValueError(
+                f"mixer.{name} is a {type(module).__name__}, not an nn.Linear: the scan reads its weight matrix "
+                f"directly, so the module's own computation would be skipped. Wrap in_proj or out_proj instead "
+                f"(both paths call those as modules), or fold the change into {name}.weight."
+            )
+        if _hooked(module):
+            _warn_once(f"hooks on mixer.{name} do not fire in a forward over a sequence: its weight is read directly "
+                       f"(hook the mixer, in_proj or out_proj instead)")
+
+
+def _unfusable(block: Block) -> str | None:
+    """Why the fused node cannot stand in for this block, or None. The node reads the weights of norm, in_proj
+    and out_proj directly and never calls those modules (nor the mixer), so hooks or replaced modules there are
+    honoured only by the step-by-step path."""
+    mixer = block.mixer
+    if type(block.norm) is not RMSNorm or type(mixer) is not MambaMixer:
+        return f"the block's norm or mixer was replaced ({type(block.norm).__name__}, {type(mixer).__name__})"
+    for name in ("in_proj", "out_proj"):
+        if type(getattr(mixer, name)) is not nn.Linear:
+            return f"mixer.{name} is a {type(getattr(mixer, name)).__name__}, not an nn.Linear"
+    hooked = [name for name, m in (("norm", block.norm), ("mixer", mixer), ("mixer.in_proj", mixer.in_proj),
+                                   ("mixer.out_proj", mixer.out_proj)) if _hooked(m)]
+    if hooked:
+        return f"hooks are registered on {', '.join(hooked)}"
+    if _global_hooks():
+        return "global module hooks are registered (nn.modules.module.register_module_forward_hook or similar)"
+    return None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning("%s", message)
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + mixer(norm(x))."""
 
@@ -178,11 +242,24 @@ class Block(nn.Module):
         self.residual_in_fp32 = config.residual_in_fp32
 
     def uses_fused(self, x: torch.Tensor) -> bool:
-        return bool(self.fused or (self.fused is None and x.is_cuda))
+        """Whether this forward runs as the fused node. On CUDA it does unless hooks or replaced modules inside the
+        block need the step-by-step path (logged once); ``fused=True`` raises instead."""
+        if self.fused is False or (self.fused is None and not x.is_cuda):
+            return False
+        reason = _unfusable(self)
+        if reason is None:
+            return True
+        if self.fused:
+            raise ValueError(f"Block.fused is True, but {reason}: the fused node would skip them. Set fused = None "
+                             f"to run such blocks step by step.")
+        _warn_once(f"running blocks step by step (more memory, slower) because {reason}: the fused node would "
+                   f"skip them")
+        return False
 
     def forward(self, x, state: LayerState | None = None, return_state: bool = False, reuse_input: bool = False):
         """reuse_input: nothing reads x after the backward, whose fused path may then overwrite it (mamba_block)."""
         if self.uses_fused(x):
+            _check_weight_only_projections(self.mixer)
             conv_state, ssm_state = (None, None) if state is None else (state.conv, state.ssm)
             out, conv_state, ssm_state = mamba_block(self, x, conv_state, ssm_state, reuse_input)
             return out, (LayerState(conv_state, ssm_state) if return_state else None)
