@@ -136,11 +136,11 @@ def _parse_bed(lines: Iterable[str], label: str) -> Iterator[Region]:
         if len(fields) < 3:
             raise BedFormatError(f"{label}, line {number}: expected at least 3 fields (chrom start end), "
                                  f"got {len(fields)}")
-        try:
-            start, end = int(fields[1]), int(fields[2])
-        except ValueError:
-            raise BedFormatError(f"{label}, line {number}: start and end must be integers, "
-                                 f"got {fields[1]!r} and {fields[2]!r}") from None
+        # Plain digits only: int() would also take '1_000', '+10' or ' 7', which no BED writer produces.
+        if not (fields[1].isdecimal() and fields[2].isdecimal() and fields[1].isascii() and fields[2].isascii()):
+            raise BedFormatError(f"{label}, line {number}: start and end must be non-negative integers, "
+                                 f"got {fields[1]!r} and {fields[2]!r}")
+        start, end = int(fields[1]), int(fields[2])
         name = fields[3].strip() if len(fields) > 3 and fields[3].strip() not in ("", ".") else ""
         strand = fields[5].strip() if len(fields) > 5 and fields[5].strip() else "."
         try:

@@ -151,8 +151,11 @@ def test_genomics_helpers(tmp_path):
     assert read_bed(bed) == [Region("chr1", 5, 10, "peak1", "-"), Region("1", 0, 3, "1:0-3", ".")]
     with pytest.raises(BedFormatError, match="line 2: .*end must be >= start"):
         read_bed(["chr1\t1\t2", "chr1\t5\t4"])
-    with pytest.raises(BedFormatError, match="line 1: start and end must be integers"):
-        read_bed(["chr1\tx\t4"])
+    for start, end in [("x", "4"), ("1_0", "20"), ("+10", "20"), ("-5", "3"), ("2.0", "5"), ("1", "٣")]:
+        # int() would take the underscore, the sign and the Arabic-Indic digit: plain ASCII digits only
+        with pytest.raises(BedFormatError, match="line 1: start and end must be non-negative integers"):
+            read_bed([f"chr1\t{start}\t{end}"])
+    assert read_bed(["browser position chr1:1-10", "chr1 0 3"]) == [Region("chr1", 0, 3, "chr1:0-3", ".")]
     with pytest.raises(FileNotFoundError, match="no such BED file"):
         read_bed(tmp_path / "missing.bed")
 

@@ -357,6 +357,15 @@ def test_cli_table_input_keeps_extra_columns(model_dir, tmp_path, suffix):
     assert list(scored["skip_reason"].fillna("")) == ["", "", "symbolic_alt", "ref_mismatch"]
 
 
+def test_table_positions_must_be_whole_numbers(tmp_path):
+    table = tmp_path / "in.tsv"
+    table.write_text("chrom\tpos\tref\talt\n7\t20\tA\tC\n7\t2.5\tA\tC\n")
+    with pytest.raises(ValueError, match="integer positions, row 2 has '2.5'"):  # not truncated to 2
+        read_variant_table(table)
+    table.write_text("chrom\tpos\tref\talt\n7\t20.0\tA\tC\n")
+    assert read_variant_table(table)[0][0].pos == 20
+
+
 def test_cli_user_errors_are_one_line(model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["score-vcf", "--model", str(model_dir), "--fasta", str(tmp_path / "missing.fa"), "--vcf",

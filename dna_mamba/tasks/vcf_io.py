@@ -353,9 +353,15 @@ def read_variant_table(path_or_frame: PathLike | pd.DataFrame) -> tuple[list[Var
             raise ValueError(f"{label}: no '{key}' column (columns: {', '.join(map(str, table.columns))})")
         found[key] = column
     try:
-        positions = pd.to_numeric(table[found["pos"]], errors="raise").astype(np.int64)
+        numbers = pd.to_numeric(table[found["pos"]], errors="raise")
     except (ValueError, TypeError) as err:
         raise ValueError(f"{label}: column '{found['pos']}' must hold integer positions ({err})") from None
+    fractional = np.flatnonzero(np.asarray(numbers.isna() | (numbers != np.floor(numbers))))
+    if fractional.size:  # astype(int64) would truncate 2.5 to 2 and score another base
+        row = int(fractional[0])
+        raise ValueError(f"{label}: column '{found['pos']}' must hold integer positions, row {row + 1} has "
+                         f"{table[found['pos']].iloc[row]!r}")
+    positions = numbers.astype(np.int64)
     records = []
     for index, (chrom, pos, ref, alt) in enumerate(zip(table[found["chrom"]].astype(str), positions,
                                                         table[found["ref"]].astype(str),
