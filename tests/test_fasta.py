@@ -186,3 +186,108 @@ def test_missing_directory_and_unsupported_inputs(tmp_path: Path) -> None:
     compressed.write_bytes(bz2.compress(b">a\nACGT\n"))
     with pytest.raises(FastaFormatError, match="bzip2-compressed files are not supported"):
         list(read_fasta(compressed))
+
+
+# ------------------------------------------------------------------------------------------- index consistency
+
+def _write_fasta(path: Path, records: dict[str, str], width: int = 60, newline: str = "\n",
+                 descriptions: dict[str, str] | None = None) -> None:
+    lines = []
+    for name, seq in records.items():
+        lines.append(f">{name}" + (f" {descriptions[name]}" if descriptions and name in descriptions else ""))
+        lines += [seq[i:i + width] for i in range(0, len(seq), width)]
+        if newline == "\n":
+            lines.append("")  # a blank line between records (pyfaidx refuses them with CRLF)
+    path.write_bytes((newline.join(lines) + newline).encode())
+
+
+def _index_with(tool: str, path: Path) -> None:
+    """Build path.fai the way the readers do: htslib (pysam, score-vcf) or pyfaidx (embed)."""
+    if tool == "htslib":
+        pysam = pytest.importorskip("pysam")
+        pysam.faidx(str(path))
+    else:
+        import pyfaidx
+
+        pyfaidx.Fasta(str(path)).close()
+
+
+def _touch_newer(index: Path, than: Path) -> None:
+    """Give the index a later modification time than the FASTA (as `cp -p` or `tar` of an old pair can)."""
+    import os
+
+    stamp = than.stat().st_mtime + 10
+    os.utime(index, (stamp, stamp))
+
+
+RNG_SEQ = "".join(np.random.default_rng(3).choice(list("ACGT"), 500))
+
+
+@pytest.mark.parametrize("tool", ["htslib", "pyfaidx"])
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_index_check_accepts_what_the_indexers_build(tmp_path: Path, tool: str, newline: str) -> None:
+    from dna_mamba.data.fasta import check_fasta_index
+
+    fasta = tmp_path / "ref.fa"
+    records = {"chr1": RNG_SEQ[:300], "empty": "", "chr2": RNG_SEQ[:60], "chrM": RNG_SEQ[:61], "x": RNG_SEQ[:1]}
+    _write_fasta(fasta, records, newline=newline, descriptions={"chr1": "a description " + "y" * 5000})
+    _index_with(tool, fasta)
+    check_fasta_index(fasta)  # no error: the index describes this file
+    check_fasta_index(tmp_path / "missing-index.fa")  # no index: nothing to check
+
+
+@pytest.mark.parametrize("tool", ["htslib", "pyfaidx"])
+@pytest.mark.parametrize("change, problem", [
+    ("longer", "the sequence goes on past the indexed 100 bases"),
+    ("shorter", ".*"),  # which check trips depends on where the old offsets land
+    ("renamed", "the line before its offset is not its header"),
+])
+def test_index_from_another_version_of_the_file_is_refused(tmp_path: Path, tool: str, change: str,
+                                                           problem: str) -> None:
+    """The scenario of a re-downloaded FASTA next to its old index: the readers would return other bytes."""
+    from dna_mamba.data.fasta import check_fasta_index
+
+    fasta = tmp_path / "ref.fa"
+    _write_fasta(fasta, {"a": RNG_SEQ[:100], "b": RNG_SEQ[100:180]})
+    _index_with(tool, fasta)
+    new = {"longer": {"a": RNG_SEQ[:180], "b": RNG_SEQ[100:180]},
+           "shorter": {"a": RNG_SEQ[:40], "b": RNG_SEQ[100:180]},
+           "renamed": {"z": RNG_SEQ[:100], "b": RNG_SEQ[100:180]}}[change]
+    _write_fasta(fasta, new)
+    _touch_newer(Path(f"{fasta}.fai"), fasta)
+    with pytest.raises(FastaFormatError, match=f"ref.fa.fai does not match ref.fa \\(record '.': ({problem})"):
+        check_fasta_index(fasta)
+
+
+def test_index_with_a_repeated_name_or_garbage_is_refused(tmp_path: Path) -> None:
+    from dna_mamba.data.fasta import check_fasta_index
+
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">a\nACGT\n>a\nTTTT\n")
+    Path(f"{fasta}.fai").write_text("a\t4\t3\t4\t5\na\t4\t11\t4\t5\n")
+    with pytest.raises(FastaFormatError, match="two records are named 'a'"):
+        check_fasta_index(fasta)
+    Path(f"{fasta}.fai").write_text("a\tfour\t3\t4\t5\n")
+    with pytest.raises(FastaFormatError, match="line 1: not a FASTA index line"):
+        check_fasta_index(fasta)
+
+
+def test_bgzip_index_older_than_the_file_is_refused(tmp_path: Path) -> None:
+    from dna_mamba.data.fasta import check_fasta_index
+
+    pysam = pytest.importorskip("pysam")
+    plain = tmp_path / "ref.fa"
+    _write_fasta(plain, {"a": RNG_SEQ[:100]})
+    fasta = tmp_path / "ref.fa.gz"
+    with bgzf.BgzfWriter(str(fasta), "wb") as handle:
+        handle.write(plain.read_bytes())
+    pysam.faidx(str(fasta))
+    check_fasta_index(fasta)
+    import os
+
+    index_time = Path(f"{fasta}.fai").stat().st_mtime
+    os.utime(fasta, (index_time + 30, index_time + 30))  # within the slack of a copy: accepted
+    check_fasta_index(fasta)
+    os.utime(fasta, (index_time + 3600, index_time + 3600))  # the FASTA replaced an hour after its index was built
+    with pytest.raises(FastaFormatError, match="ref.fa.gz.(fai|gzi): older than ref.fa.gz"):
+        check_fasta_index(fasta)

@@ -469,3 +469,26 @@ def test_score_alleles_keeps_skipped_rows(model, reference):
     result = score_alleles(model, reference, alleles, ScoringConfig(window=4, context=8))
     assert list(result.table["skip_reason"]) == ["symbolic_alt", None]
     assert result.skipped().to_dict() == {"symbolic_alt": 1}
+
+
+@pytest.mark.parametrize("reader", ["score-vcf", "embed"])
+def test_a_stale_fasta_index_is_an_error_not_other_bases(tmp_path, reader):
+    """A FASTA replaced by a longer version while its old index stays (with a newer time, as `cp -p` leaves it):
+    htslib would read the contig as its old length and pyfaidx would trust the index; both paths refuse it."""
+    import os
+
+    from dna_mamba.data.fasta import FastaFormatError
+
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">chr7\n" + "\n".join(CONTIG[i:i + 60] for i in range(0, 100, 60)) + "\n")
+    pysam.faidx(str(fasta))
+    fasta.write_text(">chr7\n" + "\n".join(CONTIG[i:i + 60] for i in range(0, len(CONTIG), 60)) + "\n")
+    stamp = fasta.stat().st_mtime + 10
+    os.utime(f"{fasta}.fai", (stamp, stamp))
+    with pytest.raises(FastaFormatError, match="ref.fa.fai does not match ref.fa"):
+        if reader == "score-vcf":
+            ReferenceGenome(fasta).__enter__()
+        else:
+            from dna_mamba.tasks.embed import _Reference
+
+            _Reference.open(fasta)

@@ -176,6 +176,93 @@ def _warn_if_bgzip_eof_missing(path: Path) -> None:
     warnings.warn(f"{path}: bgzip end-of-file marker missing; the file may be truncated", stacklevel=3)
 
 
+_INDEX_RECORDS_CHECKED = 20_000  # per end of the index: enough for any chromosome-level assembly, bounded for the rest
+
+
+def check_fasta_index(path: str | os.PathLike) -> None:
+    """Raise if ``path``'s ``.fai`` (or, bgzip, its ``.fai`` / ``.gzi``) was built for another version of the file.
+
+    pysam (htslib) never checks an existing index and pyfaidx only compares modification times, so an index left
+    from an earlier version (a re-download kept with its old index, ``cp -p``, ``tar``) makes reads return other
+    bytes: other bases, a contig cut short, a variant "out of range". For plain text every indexed record is checked
+    against the file (its header line ends just before its offset; its sequence ends where its length says, at a
+    line end followed by the next header or the end of the file), up to ``_INDEX_RECORDS_CHECKED`` at each end of
+    the index; for bgzip, whose offsets are in decompressed bytes, an index over a minute older than the file is
+    refused. Also refused: two index entries with one name, which the readers would resolve to the first silently.
+
+    Raises:
+        FastaFormatError: naming the index, the record and what to do. A missing index is fine (it gets built).
+    """
+    path = Path(path)
+    fai = Path(f"{path}.fai")
+    if not fai.is_file():
+        return
+    gzi = Path(f"{path}.gzi")
+    fix = (f"delete {fai.name}" + (f" and {gzi.name}" if gzi.is_file() else "")
+           + f" (it is rebuilt on the next run) or rebuild it with `samtools faidx {path.name}`")
+    entries = []
+    for number, line in enumerate(fai.read_text(errors="replace").splitlines(), start=1):
+        fields = line.split("\t")
+        if not line.strip():
+            continue
+        try:
+            entries.append((fields[0], *(int(f) for f in fields[1:5])))
+        except (ValueError, IndexError):
+            raise FastaFormatError(f"{fai}, line {number}: not a FASTA index line; {fix}") from None
+    seen: set[str] = set()
+    for name, *_ in entries:
+        if name in seen:
+            raise FastaFormatError(f"{path}: two records are named '{name}'; rename one (the index {fai.name} "
+                                   f"would resolve the name to the first)")
+        seen.add(name)
+    compression = detect_compression(path)
+    if compression == "bgzip":
+        for index in (fai, gzi):
+            # A minute's slack: copies of a matching pair can land in either order within a second or two.
+            if index.is_file() and index.stat().st_mtime < path.stat().st_mtime - 60:
+                raise FastaFormatError(f"{index}: older than {path.name}, so probably built for another version of "
+                                       f"it; {fix}")
+        return
+    if compression != "plain":
+        return
+    size = path.stat().st_size
+    check = entries if len(entries) <= 2 * _INDEX_RECORDS_CHECKED else (
+        entries[:_INDEX_RECORDS_CHECKED] + entries[-_INDEX_RECORDS_CHECKED:])
+    with _open_raw(path) as raw:
+        for name, length, offset, line_bases, line_bytes in check:
+            problem = _index_entry_problem(raw, size, name, length, offset, line_bases, line_bytes)
+            if problem:
+                raise FastaFormatError(f"{fai} does not match {path.name} (record '{name}': {problem}); it was "
+                                       f"built for another version of the file; {fix}")
+
+
+def _index_entry_problem(raw: BinaryIO, size: int, name: str, length: int, offset: int, line_bases: int,
+                         line_bytes: int) -> str | None:
+    """Why one .fai entry (name, length, offset, bases and bytes per line) does not describe the plain file, or None."""
+    if not 0 < offset <= size or (length and not 0 < line_bases <= line_bytes):
+        return f"offset {offset} or line layout {line_bases}/{line_bytes} impossible in a {size}-byte file"
+    head = max(0, offset - 65536)  # headers with long descriptions
+    raw.seek(head)
+    before = raw.read(offset - head)
+    line_start = before.rfind(b"\n", 0, len(before) - 1) + 1
+    header = before[line_start:].rstrip(b"\r\n")
+    if not before.endswith(b"\n"):
+        return "its offset is not at the start of a line"
+    if (line_start or not head) and (not header.startswith(b">") or header[1:].split(maxsplit=1)[:1] != [
+            name.encode()]):
+        return "the line before its offset is not its header"
+    full_lines, rest = divmod(length, line_bases) if length else (0, 0)
+    end = offset + (full_lines - 1) * line_bytes + line_bases if length and not rest else (
+        offset + full_lines * line_bytes + rest)
+    if end > size:
+        return f"{length:,} bases would run past the end of the file"
+    raw.seek(end)
+    after = raw.read(line_bytes + 2).lstrip(b"\r\n")
+    if after and not after.startswith(b">"):
+        return f"the sequence goes on past the indexed {length:,} bases"
+    return None
+
+
 class _Parser:
     """Incremental FASTA parser fed with decompressed blocks; keeps only a partial header line between blocks."""
 

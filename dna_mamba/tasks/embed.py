@@ -317,17 +317,27 @@ class _Reference:
             raise ValueError(f"fasta must be a path, a pyfaidx.Fasta or a mapping of name -> sequence, "
                              f"got {type(fasta).__name__}")
         path = Path(fasta)
-        from dna_mamba.data.fasta import detect_compression, read_fasta  # raises FastaFormatError naming the file
+        from dna_mamba.data.fasta import (  # raise FastaFormatError naming the file
+            check_fasta_index,
+            detect_compression,
+            read_fasta,
+        )
 
         if detect_compression(path) == "gzip":
             # pyfaidx cannot seek in plain gzip; reading it whole is fine for the small genomes shipped that way.
             warnings.warn(f"{path}: plain gzip has no random access, so it is read into memory; "
                           "recompress with bgzip for large genomes", stacklevel=3)
             return cls._from_mapping({record.name: record.ids for record in read_fasta(path)}, str(path))
+        if detect_compression(path) == "plain" and path.suffix.lower() in (".gz", ".bgz"):
+            # pyfaidx goes by the name and would try to decompress it
+            raise ValueError(f"{path}: named like a compressed file but holds plain text; rename it without "
+                             f"'{path.suffix}'")
         try:
             handle = pyfaidx.Fasta(str(path), as_raw=True)
-        except pyfaidx.FastaIndexingError as err:
+        except (pyfaidx.FastaIndexingError, pyfaidx.UnsupportedCompressionFormat, ValueError, OSError) as err:
+            # e.g. two records with one name ("Duplicate key"), a bgzip file without its end-of-file block
             raise ValueError(f"{path}: cannot index the FASTA ({err})") from None
+        check_fasta_index(path)  # pyfaidx compares only modification times with an existing index
         return cls._from_pyfaidx(handle, str(path))
 
     @classmethod

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dna_mamba.data.fasta import FastaFormatError, check_fasta_index
 from dna_mamba.genomics import UnknownContigError, resolve_contig_name
 from dna_mamba.tokenizer import ENCODE_TABLE, N, encode, encode_bytes, reverse_complement
 
@@ -140,9 +141,15 @@ def _open_indexed_fasta(path: Path):
         return None
     with _quiet_htslib(pysam):
         try:
-            return pysam.FastaFile(str(path))
+            handle = pysam.FastaFile(str(path))
         except (OSError, ValueError):
             return None
+    try:
+        check_fasta_index(path)  # htslib trusts any existing index, even one built for another version of the file
+    except FastaFormatError:
+        handle.close()
+        raise
+    return handle
 
 
 @contextlib.contextmanager
