@@ -122,7 +122,7 @@ def test_input_forms_and_errors(model, sequences):
         embed(model, ["ACGT", ""], progress=False)
     with pytest.raises(InvalidSequenceError, match="sequence 0, position 3: invalid character 'X'"):
         embed(model, ["ACXT"], progress=False)
-    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 16\)"):
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 5\)"):  # bases only: A C G T N
         embed(model, np.array([0, 1, 16]), progress=False)
     with pytest.raises(ValueError, match="integers"):
         embed(model, np.array([0.0, 1.0]), progress=False)
@@ -200,6 +200,18 @@ def test_embed_regions_errors(model, reference):
         embed_regions(model, path, [("chr1", 0, 5)], window=10, progress=False)
     with pytest.raises(ValueError, match="no such file"):
         embed_regions(model, path.with_name("missing.fa"), window=10, progress=False)
+    # One contig given as a string is that contig, not one contig per character
+    whole = embed_regions(model, path, contigs="MT", progress=False)
+    assert [(r.chrom, r.start) for r in whole.regions] == [("MT", 0)]
+
+
+def test_embed_input_errors(model):
+    with pytest.raises(ValueError, match=r"got a dict \(pass list\(d.values\(\)\)"):
+        embed(model, {"gata": "CCCCCCCC"}, progress=False)  # would embed the key 'gata'
+    with pytest.raises(ValueError, match="got a set"):
+        embed(model, {"ACGT", "CCGG"}, progress=False)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, 5\), got 0..7"):
+        embed(model, torch.tensor([0, 1, 7]), progress=False)  # special tokens have no reverse complement
 
 
 def test_files_round_trip_with_metadata(model, reference, tmp_path):

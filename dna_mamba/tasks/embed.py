@@ -124,7 +124,8 @@ def embed(
             strands, precision, dtype or output suffix.
         InvalidSequenceError: a character that is not a nucleotide or IUPAC code (naming the sequence and position).
     """
-    sources, single = _sequence_sources(sequences, model.config.vocab_size)
+    # Bases only (A, C, G, T, N): the other ids are special tokens, with no reverse complement for strands="both".
+    sources, single = _sequence_sources(sequences, N + 1)
     if names is not None and len(names) != len(sources):
         raise ValueError(f"{len(names)} names for {len(sources)} sequences")
     result = _embed(model, sources, [str(i) for i in range(len(sources))] if names is None else list(names),
@@ -202,6 +203,8 @@ def embed_regions(
                          "or contigs")
     if stride is not None and window is None:
         raise ValueError("stride needs window")
+    if isinstance(contigs, str):  # list("12") would be contigs '1' and '2'
+        contigs = [contigs]
     reference = _Reference.open(fasta)
     if window is not None:
         region_list = tile_windows(reference.lengths, window, stride, contigs=contigs)
@@ -403,6 +406,11 @@ def _sequence_sources(sequences: SequenceInput, vocab_size: int) -> tuple[list[_
             raise ValueError(f"token ids must be 1-D (one sequence) or 2-D (one per row), got shape "
                              f"{tuple(sequences.shape)}")
         items = list(sequences)
+    elif isinstance(sequences, (Mapping, set, frozenset)):
+        # list() of a dict would embed its keys; a set has no order for the output rows
+        raise ValueError(f"sequences must be a string, token ids or a list of them, got a {type(sequences).__name__}"
+                         + (" (pass list(d.values()) and keep the keys as names)" if isinstance(sequences, Mapping)
+                            else ""))
     else:
         items = list(sequences)
     if not items:
