@@ -23,6 +23,10 @@ class UnknownContigError(KeyError):
         return str(self.args[0])
 
 
+class AmbiguousContigError(UnknownContigError):
+    """A contig name matches several of the available ones after harmonisation (``M`` against ``MT`` and ``chrM``)."""
+
+
 class BedFormatError(ValueError):
     """A BED line cannot be parsed. The message names the file and the 1-based line number."""
 
@@ -95,7 +99,7 @@ def resolve_contig_name(name: str, available: Iterable[str]) -> str:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise UnknownContigError(f"contig '{name}' is ambiguous: it matches {sorted(matches)}")
+        raise AmbiguousContigError(f"contig '{name}' is ambiguous: it matches {sorted(matches)}")
     shown = sorted(names)
     listing = ", ".join(shown[:10]) + (f", ... ({len(shown)} in all)" if len(shown) > 10 else "")
     raise UnknownContigError(f"unknown contig '{name}' (available: {listing or 'none'})")

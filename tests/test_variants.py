@@ -119,6 +119,8 @@ def test_allele_checks_name_each_reason(reference):
         ("7", 0, "A", ["C"]),  # POS 0
         ("MT", 3, CONTIG[2], [other(CONTIG[2])]),  # MT -> chrM
         ("7", 17, base(17).lower(), [other(base(17)).lower()]),  # soft-masked case is fine
+        ("7", 18, base(18), [base(18).lower()]),  # ALT is REF: nothing to score
+        ("7", 19, base(19), [base(19) + "[chr7:5["]),  # breakend
     )
     alleles = prepare_alleles(rows, reference)
     got = [(a.record.index, a.alt, a.skip) for a in alleles]
@@ -137,8 +139,14 @@ def test_allele_checks_name_each_reason(reference):
         (9, "C", "out_of_range"),
         (10, other(CONTIG[2]), None),
         (11, other(base(17)).lower(), None),
+        (12, base(18).lower(), "alt_equals_ref"),
+        (13, base(19) + "[chr7:5[", "symbolic_alt"),
     ]
     assert alleles[0].contig == "chr7" and alleles[12].contig == "chrM"
+
+    both = ReferenceGenome.from_sequences({"MT": CONTIG[:50], "chrM": CONTIG[:50]})
+    assert [a.skip for a in prepare_alleles(records(("M", 3, CONTIG[2], [other(CONTIG[2])])), both)] == [
+        "ambiguous_contig"]  # not "unknown": M matches both MT and chrM
     assert (alleles[8].start, alleles[8].ref_bases, alleles[8].alt_bases) == (15, "", "AC")
 
 

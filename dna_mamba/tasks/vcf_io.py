@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from dna_mamba.data.fasta import FastaFormatError, check_fasta_index
-from dna_mamba.genomics import UnknownContigError, resolve_contig_name
+from dna_mamba.genomics import AmbiguousContigError, UnknownContigError, resolve_contig_name
 from dna_mamba.tokenizer import ENCODE_TABLE, N, encode, encode_bytes, reverse_complement
 
 PathLike = str | os.PathLike
@@ -34,6 +34,8 @@ SKIP_REASONS: dict[str, str] = {
     "symbolic_alt": "symbolic or breakend ALT (<DEL>, <INS>, *, N[1:2[, ...): no sequence to score",
     "invalid_allele": "REF or ALT holds characters other than A, C, G, T, N or IUPAC codes",
     "unknown_contig": "the contig is not in the FASTA, even after chr1/1 and chrM/MT harmonisation",
+    "ambiguous_contig": "the contig name matches several FASTA contigs after chr1/1 and chrM/MT harmonisation",
+    "alt_equals_ref": "ALT is the same sequence as REF: nothing changes",
     "out_of_range": "POS (or POS + len(REF) - 1) lies outside the contig",
     "ref_mismatch": "REF differs from the FASTA at POS",
     "all_n_window": "every scored window position is N on the reference or the alternative haplotype",
@@ -84,11 +86,19 @@ class ReferenceGenome:
         return cls(sequences={name: encode(s) if isinstance(s, str) else s for name, s in sequences.items()})
 
     def resolve(self, name: str) -> str | None:
-        """The FASTA's spelling of a contig name (``chr20`` -> ``20``), or None when no contig matches."""
+        """The FASTA's spelling of a contig name (``chr20`` -> ``20``), or None when no contig, or several, match."""
         try:
             return resolve_contig_name(name, self.lengths)
         except UnknownContigError:
             return None
+
+    def _contig_or_problem(self, name: str) -> tuple[str | None, str | None]:
+        try:
+            return resolve_contig_name(name, self.lengths), None
+        except AmbiguousContigError:
+            return None, "ambiguous_contig"
+        except UnknownContigError:
+            return None, "unknown_contig"
 
     def fetch(self, contig: str, start: int, end: int) -> np.ndarray:
         """Token ids of ``[start, end)`` on the forward strand; positions outside the contig read as N.
@@ -233,15 +243,17 @@ def prepare_alleles(records: Sequence[VariantRecord], reference: ReferenceGenome
     position and REF mismatch against the FASTA (IUPAC codes in either compare as N).
     """
     alleles = []
-    contig_cache: dict[str, str | None] = {}
+    contig_cache: dict[str, tuple[str | None, str | None]] = {}
     for record in records:
         if record.chrom not in contig_cache:
-            contig_cache[record.chrom] = reference.resolve(record.chrom)
-        contig = contig_cache[record.chrom]
-        record_skip = _record_problem(record, contig, reference)
+            contig_cache[record.chrom] = reference._contig_or_problem(record.chrom)
+        contig, contig_problem = contig_cache[record.chrom]
+        record_skip = _record_problem(record, contig, reference, contig_problem)
         alts = record.alts or (".",)
         for alt_index, alt in enumerate(alts):
             skip = _allele_problem(alt) or record_skip
+            if skip is None and alt.upper() == record.ref.upper():
+                skip = "alt_equals_ref"
             if skip is not None:
                 alleles.append(Allele(record, alt_index, alt, contig, skip=skip))
                 continue
@@ -260,11 +272,12 @@ def _allele_problem(alt: str) -> str | None:
     return None
 
 
-def _record_problem(record: VariantRecord, contig: str | None, reference: ReferenceGenome) -> str | None:
+def _record_problem(record: VariantRecord, contig: str | None, reference: ReferenceGenome,
+                    contig_problem: str | None = None) -> str | None:
     if not _VALID_ALLELE.match(record.ref) or _is_invalid_sequence(record.ref):
         return "invalid_allele"
     if contig is None:
-        return "unknown_contig"
+        return contig_problem or "unknown_contig"
     start = record.pos - 1
     if start < 0 or start + len(record.ref) > reference.lengths[contig]:
         return "out_of_range"
