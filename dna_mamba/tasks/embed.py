@@ -326,12 +326,13 @@ class _Reference:
             read_fasta,
         )
 
-        if detect_compression(path) == "gzip":
+        compression = detect_compression(path)
+        if compression == "gzip":
             # pyfaidx cannot seek in plain gzip; reading it whole is fine for the small genomes shipped that way.
             warnings.warn(f"{path}: plain gzip has no random access, so it is read into memory; "
                           "recompress with bgzip for large genomes", stacklevel=3)
             return cls._from_mapping({record.name: record.ids for record in read_fasta(path)}, str(path))
-        if detect_compression(path) == "plain" and path.suffix.lower() in (".gz", ".bgz"):
+        if compression == "plain" and path.suffix.lower() in (".gz", ".bgz"):
             # pyfaidx goes by the name and would try to decompress it
             raise ValueError(f"{path}: named like a compressed file but holds plain text; rename it without "
                              f"'{path.suffix}'")

@@ -87,12 +87,10 @@ class ReferenceGenome:
 
     def resolve(self, name: str) -> str | None:
         """The FASTA's spelling of a contig name (``chr20`` -> ``20``), or None when no contig, or several, match."""
-        try:
-            return resolve_contig_name(name, self.lengths)
-        except UnknownContigError:
-            return None
+        return self._contig_or_problem(name)[0]
 
     def _contig_or_problem(self, name: str) -> tuple[str | None, str | None]:
+        """(the FASTA's spelling, None), or (None, the skip reason: ``unknown_contig`` or ``ambiguous_contig``)."""
         try:
             return resolve_contig_name(name, self.lengths), None
         except AmbiguousContigError:
@@ -273,11 +271,11 @@ def _allele_problem(alt: str) -> str | None:
 
 
 def _record_problem(record: VariantRecord, contig: str | None, reference: ReferenceGenome,
-                    contig_problem: str | None = None) -> str | None:
+                    contig_problem: str | None) -> str | None:
     if not _VALID_ALLELE.match(record.ref) or _is_invalid_sequence(record.ref):
         return "invalid_allele"
     if contig is None:
-        return contig_problem or "unknown_contig"
+        return contig_problem
     start = record.pos - 1
     if start < 0 or start + len(record.ref) > reference.lengths[contig]:
         return "out_of_range"
