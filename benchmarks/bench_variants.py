@@ -79,6 +79,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if not args.fasta.exists():
+        parser.error(f"{args.fasta} not found: the default is the shared GRCh37 chr20; pass --fasta (with --contig "
+                     "and --region-start inside it) to use another genome")
     if args.threads:
         torch.set_num_threads(args.threads)
 
