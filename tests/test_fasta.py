@@ -128,6 +128,9 @@ MALFORMED = {
                                                                                   "character 'X'"),
     "gt_inside_a_line": (b">a\nAC>GT\n", InvalidSequenceError, "record 'a', position 3"),
     "rna": (b">a\nACGU\n", InvalidSequenceError, "invalid character 'U'"),
+    "lone_cr_in_a_line": (b">a\nACGT\rACGT\nAC\n", FastaFormatError, "line 2 (record 'a'): a carriage return"),
+    "lone_cr_among_crlf": (b">a\r\nAC\r\nGT\rAC\r\n", FastaFormatError, "line 3 (record 'a'): a carriage return"),
+    "cr_only_line_endings": (b">a\rACGT\rAC\r>b\rGG\r", FastaFormatError, "line 1: a carriage return (\\r) inside"),
     "empty_file": (b"", FastaFormatError, "empty file"),
     "only_blank_lines": (b"\n\n", FastaFormatError, "no FASTA records"),
 }
@@ -229,11 +232,22 @@ def test_index_check_accepts_what_the_indexers_build(tmp_path: Path, tool: str, 
     from dna_mamba.data.fasta import check_fasta_index
 
     fasta = tmp_path / "ref.fa"
-    records = {"chr1": RNG_SEQ[:300], "empty": "", "chr2": RNG_SEQ[:60], "chrM": RNG_SEQ[:61], "x": RNG_SEQ[:1]}
+    records = {"chr1": RNG_SEQ[:300], "chr2": RNG_SEQ[:60], "chrM": RNG_SEQ[:61], "x": RNG_SEQ[:1]}
     _write_fasta(fasta, records, newline=newline, descriptions={"chr1": "a description " + "y" * 5000})
     _index_with(tool, fasta)
     check_fasta_index(fasta)  # no error: the index describes this file
     check_fasta_index(tmp_path / "missing-index.fa")  # no index: nothing to check
+
+
+def test_index_of_an_empty_record_is_refused_with_the_line(tmp_path: Path) -> None:
+    """pyfaidx indexes an empty record as length 0; the readers refuse such a file as the parser does."""
+    from dna_mamba.data.fasta import check_fasta_index
+
+    fasta = tmp_path / "ref.fa"
+    _write_fasta(fasta, {"chr1": RNG_SEQ[:100], "empty": "", "chr2": RNG_SEQ[:60]})
+    _index_with("pyfaidx", fasta)
+    with pytest.raises(FastaFormatError, match="ref.fa: line 5: record 'empty' is empty"):
+        check_fasta_index(fasta)
 
 
 @pytest.mark.parametrize("tool", ["htslib", "pyfaidx"])

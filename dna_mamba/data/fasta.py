@@ -153,6 +153,19 @@ def read_fasta(path: str | os.PathLike, *, block_size: int = DEFAULT_BLOCK_SIZE)
         yield FastaRecord(name, description, np.concatenate(parts))
 
 
+def check_fasta(path: str | os.PathLike) -> None:
+    """Parse a whole file once and discard it, for readers that only index it before random access.
+
+    htslib (pysam) and pyfaidx index a header with no name, an empty record or a lone ``\\r`` without complaint,
+    then read other bases or other records; this makes them refuse what :func:`iter_fasta_chunks` refuses.
+
+    Raises:
+        FastaFormatError, InvalidSequenceError: as :func:`iter_fasta_chunks`.
+    """
+    for _ in iter_fasta_chunks(path):
+        pass
+
+
 def _open_raw(path: Path) -> BinaryIO:
     try:
         if path.is_dir():
@@ -210,7 +223,10 @@ def check_fasta_index(path: str | os.PathLike) -> None:
         except (ValueError, IndexError):
             raise FastaFormatError(f"{fai}, line {number}: not a FASTA index line; {fix}") from None
     seen: set[str] = set()
-    for name, *_ in entries:
+    for name, length, *_ in entries:
+        if not name or not length:
+            check_fasta(path)  # says what is wrong with the file, with its line number
+            raise FastaFormatError(f"{fai}: a record with no name or no sequence ('{name}', {length} bases); {fix}")
         if name in seen:
             raise FastaFormatError(f"{path}: two records are named '{name}'; rename one (the index {fai.name} "
                                    f"would resolve the name to the first)")
@@ -263,6 +279,16 @@ def _index_entry_problem(raw: BinaryIO, size: int, name: str, length: int, offse
     return None
 
 
+def _lone_cr(data: bytes) -> int:
+    """Index of the first '\\r' followed by anything but '\\n', or -1; a '\\r' that ends ``data`` ends a line."""
+    if b"\r" not in data or data.count(b"\r") == data.count(b"\r\n") + data.endswith(b"\r"):
+        return -1
+    index = data.find(b"\r")
+    while data[index + 1:index + 2] in (b"\n", b""):
+        index = data.find(b"\r", index + 1)
+    return index
+
+
 class _Parser:
     """Incremental FASTA parser fed with decompressed blocks; keeps only a partial header line between blocks."""
 
@@ -285,6 +311,9 @@ class _Parser:
                 block = block[len(_UTF8_BOM):]
         buf = self.carry + block if self.carry else block
         self.carry = b""
+        held = b""
+        if not eof and buf.endswith(b"\r"):
+            buf, held = buf[:-1], b"\r"  # perhaps the first half of a '\r\n' split between blocks
         pos = 0
         counted = 0  # `newlines` counts the newlines in buf[:counted]
         newlines = 0
@@ -297,7 +326,10 @@ class _Parser:
                 end = len(buf) if end == -1 else end
                 newlines += buf.count(b"\n", counted, pos)
                 counted = pos
-                self._start_record(buf[pos + 1:end], line=self.lines_before + newlines + 1)
+                header = buf[pos + 1:end]
+                if _lone_cr(header) != -1:
+                    self._reject_lone_cr(line=self.lines_before + newlines + 1)
+                self._start_record(header, line=self.lines_before + newlines + 1)
                 pos = end + 1
                 self.at_line_start = True
                 continue
@@ -308,12 +340,16 @@ class _Parser:
             if self.record is None:
                 self._reject_data_before_header(raw, line=self.lines_before + newlines + buf.count(b"\n", counted, pos))
             else:
+                lone = _lone_cr(raw)
+                if lone != -1:
+                    self._reject_lone_cr(line=self.lines_before + newlines + buf.count(b"\n", counted, pos + lone) + 1)
                 chunk = self._encode(raw)
                 if chunk is not None:
                     yield chunk
             self.at_line_start = buf[end - 1] == 0x0A  # '\n'
             pos = end
         self.lines_before += newlines + buf.count(b"\n", counted, len(buf) - len(self.carry))
+        self.carry += held
         if eof:
             self._finish()
 
@@ -336,6 +372,14 @@ class _Parser:
             raise FastaFormatError(f"{self.path}: line {line}: duplicate record name '{name}'")
         self.names.add(name)
         self.record, self.description, self.header_line, self.record_length = name, description, line, 0
+
+    def _reject_lone_cr(self, *, line: int) -> None:
+        # Translating '\r' away with the '\n's would join the two sides of a lone '\r' into one line of bases.
+        within = f" (record '{self.record}')" if self.record is not None else ""
+        raise FastaFormatError(
+            f"{self.path}: line {line}{within}: a carriage return (\\r) inside a line; lines must end in \\n or "
+            "\\r\\n (old Mac files end them in \\r alone: convert with tr '\\r' '\\n')"
+        )
 
     def _reject_data_before_header(self, raw: bytes, *, line: int) -> None:
         """Blank lines may precede the first header; anything else means this is not FASTA (or lost its header)."""
