@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from dna_mamba.errors import report_user_errors
 
@@ -137,7 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         parser.error(f"unknown command {command!r}; choose from {', '.join(COMMANDS)}")
-    return COMMANDS[command][0](rest)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return COMMANDS[command][0](rest)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # A command's user needs the message, not the library line that raised it.
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
 if __name__ == "__main__":

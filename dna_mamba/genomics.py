@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 _MITOCHONDRIAL = {"M", "MT"}
 _BED_HEADER_PREFIXES = ("#", "track", "browser")
@@ -105,6 +107,13 @@ def resolve_contig_name(name: str, available: Iterable[str]) -> str:
     raise UnknownContigError(f"unknown contig '{name}' (available: {listing or 'none'})")
 
 
+def open_maybe_gzip(path: str | os.PathLike) -> BinaryIO:
+    """A binary handle on a plain or gzip (bgzip included) file; gzip is told by its magic bytes, not the name."""
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
+
+
 def read_bed(source: str | os.PathLike | Iterable[str]) -> list[Region]:
     """Read regions from a BED file (plain or gzip), in file order.
 
@@ -117,22 +126,33 @@ def read_bed(source: str | os.PathLike | Iterable[str]) -> list[Region]:
     Raises:
         FileNotFoundError: the file does not exist.
         BedFormatError: a line with fewer than 3 fields, non-integer coordinates, a negative start,
-            ``end < start`` or a bad strand; the message names the file and line.
+            ``end < start``, a bad strand, bytes that are not text, or corrupt gzip data; the message names the
+            file and line.
     """
+    return [region for _, region in read_bed_lines(source)]
+
+
+def read_bed_lines(source: str | os.PathLike | Iterable[str]) -> list[tuple[int, Region]]:
+    """As :func:`read_bed`, each region with its 1-based line number, for messages about a region."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such BED file")
-        with open(path, "rb") as handle:
-            gzipped = handle.read(2) == b"\x1f\x8b"
-        opener = gzip.open if gzipped else open
-        with opener(path, "rt") as lines:
-            return list(_parse_bed(lines, str(path)))
+        try:
+            with open_maybe_gzip(path) as lines:
+                return list(_parse_bed(lines, str(path)))
+        except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise BedFormatError(f"{path}: truncated or corrupt gzip data ({err})") from None
     return list(_parse_bed(source, "<BED lines>"))
 
 
-def _parse_bed(lines: Iterable[str], label: str) -> Iterator[Region]:
+def _parse_bed(lines: Iterable[str | bytes], label: str) -> Iterator[tuple[int, Region]]:
     for number, line in enumerate(lines, start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BedFormatError(f"{label}, line {number}: bytes that are not text; is this a BED file?") from None
         text = line.strip()
         if not text or text.startswith(_BED_HEADER_PREFIXES):
             continue
@@ -148,7 +168,7 @@ def _parse_bed(lines: Iterable[str], label: str) -> Iterator[Region]:
         name = fields[3].strip() if len(fields) > 3 and fields[3].strip() not in ("", ".") else ""
         strand = fields[5].strip() if len(fields) > 5 and fields[5].strip() else "."
         try:
-            yield Region(fields[0].strip(), start, end, name, strand)
+            yield number, Region(fields[0].strip(), start, end, name, strand)
         except ValueError as err:
             raise BedFormatError(f"{label}, line {number}: {err}") from None
 

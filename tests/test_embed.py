@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -172,7 +173,9 @@ def test_embed_regions_reads_pads_and_keeps_order(model, reference):
         Region("chrM", 0, 10, "minus", "-"),  # chrM resolves to MT; '-' reads the reverse complement
         Region("chr1", 20, 20, "point"),  # zero-length: flank 4 gives an 8-base window
     ]
-    result = embed_regions(model, path, regions, flank=4, pooling="mean", progress=False)
+    with pytest.warns(UserWarning, match="3 of 4 regions reach past a contig end"):
+        result = embed_regions(model, path, regions, flank=4, pooling="mean", progress=False)
+    assert result.metadata["padded_regions"] == 3
     assert result.names == ["past_end", "renamed", "minus", "point"]
     assert [r.chrom for r in result.regions] == ["chr1", "1", "chrM", "chr1"]
     chr1, mt = contigs["chr1"], contigs["MT"]
@@ -180,7 +183,8 @@ def test_embed_regions_reads_pads_and_keeps_order(model, reference):
     direct = embed(model, expected, progress=False)
     np.testing.assert_allclose(result.values, direct, atol=ATOL)
     # The same from an in-memory mapping and from token arrays.
-    mapping = embed_regions(model, {"chr1": encode(chr1), "MT": mt}, regions, flank=4, progress=False)
+    with pytest.warns(UserWarning, match="3 of 4 regions"):
+        mapping = embed_regions(model, {"chr1": encode(chr1), "MT": mt}, regions, flank=4, progress=False)
     np.testing.assert_allclose(mapping.values, direct, atol=ATOL)
     ignore = embed_regions(model, path, [Region("MT", 0, 10, strand="-")], use_strand=False, progress=False)
     np.testing.assert_allclose(ignore.values[0], embed(model, mt[:10], progress=False), atol=ATOL)
@@ -190,7 +194,7 @@ def test_embed_regions_errors(model, reference):
     path, _ = reference
     with pytest.raises(UnknownContigError, match="unknown contig 'chr7'"):
         embed_regions(model, path, [("chr1", 0, 5), ("chr7", 0, 5)], progress=False)
-    with pytest.raises(ValueError, match="region 0 \\('chr1:9-9', chr1:9-9\\) is empty"):
+    with pytest.raises(ValueError, match="regions\\[0\\]: region chr1:9-9 is empty"):
         embed_regions(model, path, [("chr1", 9, 9)], progress=False)
     with pytest.raises(ValueError, match="starts past the end of contig 'chr1' \\(50 bp\\)"):
         embed_regions(model, path, [("chr1", 60, 70)], progress=False)
@@ -205,6 +209,44 @@ def test_embed_regions_errors(model, reference):
     assert [(r.chrom, r.start) for r in whole.regions] == [("MT", 0)]
 
 
+def test_bed_errors_name_the_file_and_line(model, reference, tmp_path):
+    path, _ = reference
+    bed = tmp_path / "r.bed"
+    cases = {
+        b"track name=x\nchr1\t0\t5\n\nchr7\t0\t5\n": (UnknownContigError, "r.bed, line 4: unknown contig 'chr7'"),
+        b"chr1\t0\t5\nchr1\t60\t70\tfar\n": (ValueError,
+                                           "r.bed, line 2: region chr1:60-70 \\('far'\\) starts past the end"),
+        b"#header\nchr1\t3\t3\n": (ValueError, "r.bed, line 2: region chr1:3-3 is empty"),
+        b"": (ValueError, "r.bed: no regions to embed"),
+        b"track name=x\n": (ValueError, "r.bed: no regions to embed"),
+        b"chr1\t0\t5\n\x89PNG\xff\xfe\n": (BedFormatError, "r.bed, line 2: bytes that are not text"),
+        gzip.compress(b"chr1\t0\t5\n")[:-6]: (BedFormatError, "r.bed: truncated or corrupt gzip data"),
+    }
+    for content, (error, message) in cases.items():
+        bed.write_bytes(content)
+        with pytest.raises(error, match=message):
+            embed_regions(model, path, bed, progress=False)
+
+
+def test_padding_past_contig_ends_is_counted(model, reference, tmp_path, capsys):
+    from dna_mamba.tasks.embed_cli import main
+
+    path, _ = reference
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # regions inside their contigs: no warning
+        inside = embed_regions(model, path, [("chr1", 0, 50), ("MT", 1, 21)], progress=False)
+    assert inside.metadata["padded_regions"] == 0
+    model.save_pretrained(tmp_path / "model")
+    bed = tmp_path / "r.bed"
+    bed.write_text("chr1\t5\t15\nchr1\t45\t55\nMT\t0\t5\n")
+    with pytest.warns(UserWarning, match="1 of 3 regions reach past a contig end"):
+        assert main(["--model", str(tmp_path / "model"), "--fasta", str(path), "--bed", str(bed), "--out",
+                     str(tmp_path / "r.npz"), "--no-progress", "--device", "cpu"]) == 0
+    assert "1 of 3 regions reach past a contig end" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match="2 of 3 regions"):  # a flank reaches before the contig starts too
+        assert embed_regions(model, path, bed, flank=1, progress=False).metadata["padded_regions"] == 2
+
+
 def test_embed_input_errors(model):
     with pytest.raises(ValueError, match=r"got a dict \(pass list\(d.values\(\)\)"):
         embed(model, {"gata": "CCCCCCCC"}, progress=False)  # would embed the key 'gata'
@@ -217,8 +259,9 @@ def test_embed_input_errors(model):
 def test_files_round_trip_with_metadata(model, reference, tmp_path):
     path, _ = reference
     for name in ("w.parquet", "w.npz", "w.npy"):
-        result = embed_regions(model, path, window=20, stride=15, layers=[0, -1], strands="both",
-                               out=tmp_path / name, progress=False)
+        with pytest.warns(UserWarning, match="1 of 5 regions reach past a contig end"):  # MT:15-35, MT being 21 bp
+            result = embed_regions(model, path, window=20, stride=15, layers=[0, -1], strands="both",
+                                   out=tmp_path / name, progress=False)
         loaded = load_embeddings(tmp_path / name)
         assert loaded.names == result.names == ["chr1:0-20", "chr1:15-35", "chr1:30-50", "MT:0-20", "MT:15-35"]
         assert loaded.regions == result.regions
@@ -271,7 +314,26 @@ def test_cli(model, reference, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*argv[:4], "--bed", str(bad), "--out", str(out), "--no-progress"])
     assert exit_info.value.code == 1
-    assert "unknown contig 'chr9'" in capsys.readouterr().err
+    assert "bad.bed, line 1: unknown contig 'chr9'" in capsys.readouterr().err
+
+
+def test_cli_takes_negative_layer_lists(model, reference, tmp_path, capsys):
+    from dna_mamba.cli import main
+
+    path, _ = reference
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "w.npz"
+    argv = ["embed", "--model", str(tmp_path / "model"), "--fasta", str(path), "--window", "25", "--contigs", "chr1",
+            "--out", str(out),
+            "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--layers", "-1,0"]) == 0  # argparse alone takes '-1,0' for an option
+    assert load_embeddings(out).layers == [N_LAYER, 0]
+    assert main([*argv, "--layers", "-2"]) == 0
+    assert load_embeddings(out).layers == [N_LAYER - 1]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--layers", "-1,x"])
+    assert exit_info.value.code == 1
+    assert "--layers must be an integer, comma-separated integers or 'all', got '-1,x'" in capsys.readouterr().err
 
 
 def test_downstream_probes():

@@ -21,6 +21,7 @@ from dna_mamba.tasks.variants import (
     markov_llr,
     prefix_anchor,
     score_alleles,
+    score_records,
     score_variants,
 )
 from dna_mamba.tasks.variants_cli import main, parse_region
@@ -500,3 +501,123 @@ def test_a_stale_fasta_index_is_an_error_not_other_bases(tmp_path, reader):
             from dna_mamba.tasks.embed import _Reference
 
             _Reference.open(fasta)
+
+
+def _open_reference(reader: str, fasta) -> None:
+    if reader == "score-vcf":
+        ReferenceGenome(fasta).close()
+    else:
+        from dna_mamba.tasks.embed import _Reference
+
+        _Reference.open(fasta)
+
+
+@pytest.mark.parametrize("reader", ["score-vcf", "embed"])
+@pytest.mark.parametrize("content, message", [
+    (b">chr7\nACGT\n>\nACGT\n", "line 3: header with no name"),
+    (b">chr7\nACGT\n>chr8\n>chr9\nAC\n", "line 3: record 'chr8' is empty"),
+    (b">chr7\nACGT\rACGT\n", "line 2 (record 'chr7'): a carriage return (\\r) inside a line"),
+    (b">chr7\rACGT\rACGT\r", "line 1: a carriage return (\\r) inside a line"),  # old Mac line endings
+], ids=["nameless_header", "empty_record", "lone_cr", "cr_only"])
+def test_malformed_fasta_is_refused_by_the_indexed_readers(tmp_path, reader, content, message):
+    """htslib and pyfaidx index these without complaint (then drop a record, or read other bases)."""
+    import re
+
+    from dna_mamba.data.fasta import FastaFormatError
+
+    fasta = tmp_path / "ref.fa"
+    fasta.write_bytes(content)
+    with pytest.raises(FastaFormatError, match=re.escape(f"{fasta}: {message}")):
+        _open_reference(reader, fasta)
+    assert not (tmp_path / "ref.fa.fai").exists()  # no index left behind for a later run to trust
+
+
+@pytest.mark.parametrize("reader", ["score-vcf", "embed"])
+def test_an_existing_index_of_a_nameless_header_is_refused(tmp_path, reader):
+    from dna_mamba.data.fasta import FastaFormatError
+
+    fasta = tmp_path / "ref.fa"
+    fasta.write_bytes(b">chr7\nACGT\n>\nACGT\n")
+    pysam.faidx(str(fasta))  # htslib indexes it under the name ''
+    with pytest.raises(FastaFormatError, match="ref.fa: line 3: header with no name"):
+        _open_reference(reader, fasta)
+
+
+VCF_HEADER = "##fileformat=VCFv4.2\n##contig=<ID=chr7,length=180>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+GOOD_RECORD = "chr7\t5\t.\tA\tC\t.\t.\t.\n"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("in.vcf", VCF_HEADER + GOOD_RECORD + "chr7\tabc\t.\tA\tG\t.\t.\t.\n",
+     "in.vcf, line 5: POS must be a positive integer, got 'abc'"),
+    ("in.vcf.gz", VCF_HEADER + "chr7\t5.5\t.\tA\tG\t.\t.\t.\n",
+     "in.vcf.gz, line 4: POS must be a positive integer, got '5.5'"),
+    ("in.vcf", VCF_HEADER + GOOD_RECORD + "chr7\t7\t.\tA\n",
+     "in.vcf, line 5: 4 tab-separated columns; a VCF record has at least 8"),
+    ("in.vcf", VCF_HEADER + GOOD_RECORD.replace("\t", " "), "in.vcf, line 4: 1 tab-separated column;"),
+    ("in.vcf", VCF_HEADER + GOOD_RECORD + "\n" + GOOD_RECORD, "in.vcf, line 5: a blank line among the records"),
+    ("in.vcf", "", "in.vcf: empty file, not a VCF"),
+    ("in.vcf.gz", "", "in.vcf.gz: empty file, not a VCF"),
+    ("in.vcf", GOOD_RECORD, "in.vcf: not a VCF/BCF file (its first line must be '##fileformat=VCFv4.x', got 'chr7"),
+    ("in.vcf", "\x89PNG\r\n\x1a\n\x00\x00\xff", "in.vcf: not a VCF/BCF file (its first line must be"),
+], ids=["bad_pos", "fractional_pos_gzip", "few_columns", "spaces", "blank_line", "empty", "empty_gzip", "no_header",
+        "binary"])
+def test_malformed_vcf_is_one_line_naming_file_and_line(model_dir, tmp_path, capsys, name, content, message):
+    vcf = tmp_path / name
+    data = content.encode("latin-1")
+    vcf.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(ValueError) as info:
+        read_vcf(vcf)
+    assert f"{tmp_path}/{message}" in str(info.value) and "\n" not in str(info.value)
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">chr7\n" + CONTIG + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score-vcf", "--model", str(model_dir), "--fasta", str(fasta), "--vcf", str(vcf),
+              "--out", str(tmp_path / "out.vcf"), "--no-progress"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path}/{message}") and "Traceback" not in err
+
+
+def test_contigs_shorter_than_the_context_warn_once(model, reference):
+    import warnings
+
+    rows = records(("chr7", 20, base(20), [other(base(20))]), ("chrM", 10, base(10), [other(base(10))]),
+                   ("chrM", 12, base(12), [other(base(12)), "<DEL>"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every contig is at least as long as the context
+        score_records(model, reference, rows, ScoringConfig(window=4, context=50, embeddings=False))
+    with pytest.warns(UserWarning) as caught:
+        score_records(model, reference, rows, ScoringConfig(window=4, context=64, embeddings=False))
+    assert [str(w.message).split(":")[0] for w in caught] == [
+        "2 of 3 alleles to score are on contigs shorter than the context of 64 bases"]
+    assert "chrM (50 bp); most of their prefix is N padding" in str(caught[0].message)
+
+
+@pytest.mark.parametrize("command", ["score-vcf", "mutagenesis"])
+def test_out_of_memory_names_the_scoring_options(model_dir, tmp_path, monkeypatch, capsys, command):
+    import dna_mamba.tasks.mutagenesis
+    import dna_mamba.tasks.variants
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    monkeypatch.setattr(dna_mamba.tasks.variants, "score_records", out_of_memory)
+    monkeypatch.setattr(dna_mamba.tasks.mutagenesis, "saturation_mutagenesis", out_of_memory)
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">chr7\n" + CONTIG + "\n")
+    vcf = tmp_path / "in.vcf"
+    vcf.write_text(VCF_HEADER + f"chr7\t5\t.\t{base(5)}\t{other(base(5))}\t.\t.\t.\n")
+    options = ["--model", str(model_dir), "--fasta", str(fasta), "--context", "32", "--batch-size", "16",
+               "--no-progress"]
+    if command == "score-vcf":
+        argv = [command, *options, "--vcf", str(vcf), "--out", str(tmp_path / "o.vcf"), "--stream-tokens", "4096"]
+        advice = "lower --batch-size (now 16), --stream-tokens (now 4096) or --context (now 32)"
+    else:
+        argv = [command, *options, "--region", "chr7:10-20", "--out", str(tmp_path / "m"), "--no-plot"]
+        advice = "lower --batch-size (now 16) or --context (now 32)"
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert f"error: out of memory while scoring (CUDA out of memory. Tried to allocate 8.00 GiB); {advice}" in err
+    assert "trainer." not in err

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
 
-from dna_mamba.genomics import Region, read_bed, resolve_contig_name, tile_windows
+from dna_mamba.genomics import Region, UnknownContigError, read_bed_lines, resolve_contig_name, tile_windows
 from dna_mamba.tasks.embed_io import Embeddings, load_embeddings, output_format, save_embeddings, write_sidecar
 from dna_mamba.tokenizer import PAD, N, encode, encode_bytes, reverse_complement
 
@@ -185,11 +185,13 @@ def embed_regions(
 
     Returns:
         :class:`Embeddings` in region order, with region names (BED column 4, or ``chrom:start-end``) and the
-        regions themselves (without flank). ``values`` is ``(N, D)`` / ``(N, n_layers, D)`` pooled; per position it
+        regions themselves (without flank); ``metadata["padded_regions"]`` counts the windows that reach outside
+        their contig (a warning says so too). ``values`` is ``(N, D)`` / ``(N, n_layers, D)`` pooled; per position it
         is every region's ``end - start + 2 * flank`` positions concatenated, with ``offsets`` marking regions.
 
     Raises:
-        UnknownContigError: a region's contig is not in the reference (the message names it).
+        UnknownContigError: a region's contig is not in the reference (the message names it and its BED line).
+        BedFormatError: a malformed BED line (naming the file and line).
         ValueError: no regions, an empty window (a zero-length region with no flank), a region that starts past the
             end of its contig (often a BED from another assembly), ``regions`` together with ``window``/``contigs``
             or none of them, and the argument errors of :func:`embed`.
@@ -206,19 +208,29 @@ def embed_regions(
     if isinstance(contigs, str):  # list("12") would be contigs '1' and '2'
         contigs = [contigs]
     reference = _Reference.open(fasta)
+    bed = regions if isinstance(regions, (str, os.PathLike)) else None
     if window is not None:
         region_list = tile_windows(reference.lengths, window, stride, contigs=contigs)
     elif regions is None:
         names = [resolve_contig_name(contig, reference.lengths) for contig in contigs]
         region_list = [Region(name, 0, reference.lengths[name]) for name in names]
-    elif isinstance(regions, (str, os.PathLike)):
-        region_list = read_bed(regions)
+    elif bed is not None:
+        numbered = read_bed_lines(bed)
+        region_list = [region for _, region in numbered]
     else:
         region_list = [r if isinstance(r, Region) else Region(*r) for r in regions]
     if not region_list:
-        raise ValueError("no regions to embed")
-    sources = [_region_source(reference, i, region, flank, use_strand) for i, region in enumerate(region_list)]
-    extra = {"fasta": reference.label, "flank": flank, "use_strand": use_strand}
+        raise ValueError(f"{bed}: no regions to embed (the BED has no region lines)" if bed else "no regions to embed")
+    # Where each region came from, for error messages: its BED line, or its index in the list given.
+    places = ([f"{bed}, line {number}" for number, _ in numbered] if bed is not None else
+              [f"regions[{i}]" for i in range(len(region_list))])
+    sources = [_region_source(reference, place, region, flank, use_strand)
+               for place, region in zip(places, region_list, strict=True)]
+    padded = sum(1 for source in sources if source.start < 0 or source.end > reference.lengths[source.chrom])
+    if padded:
+        warnings.warn(f"{padded:,} of {len(sources):,} regions reach past a contig end (or before its start), where "
+                      "they are read as N", stacklevel=2)
+    extra = {"fasta": reference.label, "flank": flank, "use_strand": use_strand, "padded_regions": padded}
     if window is not None:
         extra.update(window=window, stride=stride or window)
     return _embed(model, sources, [r.name for r in region_list], regions=region_list, layers=layers,
@@ -321,6 +333,7 @@ class _Reference:
                              f"got {type(fasta).__name__}")
         path = Path(fasta)
         from dna_mamba.data.fasta import (  # raise FastaFormatError naming the file
+            check_fasta,
             check_fasta_index,
             detect_compression,
             read_fasta,
@@ -336,6 +349,8 @@ class _Reference:
             # pyfaidx goes by the name and would try to decompress it
             raise ValueError(f"{path}: named like a compressed file but holds plain text; rename it without "
                              f"'{path.suffix}'")
+        if not Path(f"{path}.fai").is_file():
+            check_fasta(path)  # before pyfaidx indexes what it should refuse (a nameless header, an empty record, ...)
         try:
             handle = pyfaidx.Fasta(str(path), as_raw=True)
         except (pyfaidx.FastaIndexingError, pyfaidx.UnsupportedCompressionFormat, ValueError, OSError) as err:
@@ -384,10 +399,15 @@ class _Reference:
         return ids
 
 
-def _region_source(reference: _Reference, index: int, region: Region, flank: int, use_strand: bool) -> _WindowSource:
-    chrom = resolve_contig_name(region.chrom, reference.lengths)
+def _region_source(reference: _Reference, place: str, region: Region, flank: int, use_strand: bool) -> _WindowSource:
+    """The window of one region; ``place`` says where the region came from (a BED line) for error messages."""
+    try:
+        chrom = resolve_contig_name(region.chrom, reference.lengths)
+    except UnknownContigError as err:
+        raise type(err)(f"{place}: {err}") from None
     length = reference.lengths[chrom]
-    where = f"region {index} ('{region.name}', {region.chrom}:{region.start}-{region.end})"
+    coordinates = f"{region.chrom}:{region.start}-{region.end}"
+    where = f"{place}: region {coordinates}" + (f" ('{region.name}')" if region.name != coordinates else "")
     if region.start > length or (region.start == length and region.end > region.start):
         raise ValueError(f"{where} starts past the end of contig '{chrom}' ({length:,} bp); "
                          "is the BED from another assembly?")

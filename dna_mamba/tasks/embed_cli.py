@@ -68,9 +68,21 @@ def parse_layers(text: str) -> int | list[int] | str:
     return values[0] if "," not in text else values
 
 
+def _attach_negative_lists(argv: list[str]) -> list[str]:
+    """``--layers -1,2`` -> ``--layers=-1,2``: argparse takes a value that starts with '-' for an option unless it is
+    one plain negative number, so it would refuse the documented form."""
+    attached: list[str] = []
+    for arg in argv:
+        if attached and attached[-1] == "--layers" and arg.startswith("-") and arg[1:2].isdecimal():
+            attached[-1] = f"--layers={arg}"
+        else:
+            attached.append(arg)
+    return attached
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``dna-mamba embed``; returns the exit status (user errors exit with status 1 and a one-line message)."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(_attach_negative_lists(sys.argv[1:] if argv is None else list(argv)))
     with report_user_errors(args.debug):
         return _run(args)
 
@@ -106,6 +118,10 @@ def _run(args: argparse.Namespace) -> int:
           f"in {elapsed:.1f} s: {_si(bases * passes / elapsed)}b/s on {device}")
     print(f"layers {result.layers} of {model.config.n_layer + 1} hidden states, pooling {args.pooling}, "
           f"dim {result.dim}, values {tuple(result.values.shape)} -> {args.out} ({_si(size)}B)")
+    padded = result.metadata["padded_regions"]
+    if padded:
+        print(f"{padded:,} of {len(result):,} regions reach past a contig end (or before its start): the bases "
+              "there are read as N")
     return 0
 
 

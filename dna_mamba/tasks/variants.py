@@ -37,6 +37,7 @@ computation, to float round-off.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -486,6 +487,7 @@ def score_alleles(model: DnaMambaLM, reference: ReferenceGenome, alleles: Sequen
     """
     config = config or ScoringConfig()
     _check_layer(model, config.layer)
+    _warn_short_contigs(reference, alleles, config.context)
     strands = config.strand_list
     acc = _Accumulator(len(alleles), strands)
     sites = _build_sites(reference, alleles, strands)
@@ -513,6 +515,18 @@ def score_alleles(model: DnaMambaLM, reference: ReferenceGenome, alleles: Sequen
 
 def _ignore(_: int) -> None:
     return None
+
+
+def _warn_short_contigs(reference: ReferenceGenome, alleles: Sequence[Allele], context: int) -> None:
+    """Warn once when alleles lie on contigs shorter than the context: most of their prefix is N padding."""
+    short = {contig: length for contig, length in reference.lengths.items() if length < context}
+    scored = [a.contig for a in alleles if a.skip is None]
+    affected = [contig for contig in scored if contig in short]
+    if affected:
+        contigs = ", ".join(f"{contig} ({short[contig]:,} bp)" for contig in sorted(set(affected)))
+        warnings.warn(f"{len(affected):,} of {len(scored):,} alleles to score are on contigs shorter than the "
+                      f"context of {context:,} bases: {contigs}; most of their prefix is N padding, so their scores "
+                      "depend on it (a context no longer than the contig avoids that)", stacklevel=3)
 
 
 def _build_sites(reference: ReferenceGenome, alleles: Sequence[Allele], strands: Sequence[str]) -> list[_Site]:
@@ -579,8 +593,6 @@ def _assemble(alleles: Sequence[Allele], acc: _Accumulator, config: ScoringConfi
 
 @contextlib.contextmanager
 def _quiet_nanmean():
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
         yield

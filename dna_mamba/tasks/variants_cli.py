@@ -11,14 +11,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from dna_mamba.errors import report_user_errors
 
-_DEFAULTS = dict(window=256, context=8192, batch_size=64)
+_DEFAULTS = dict(window=256, context=8192, batch_size=64, stream_tokens=1 << 21)
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +69,9 @@ def build_score_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-embeddings", action="store_true", help="skip the embedding distances")
     parser.add_argument("--snapshot-stride", type=int, default=512,
                         help="spacing of cached states within a context cell (default %(default)s)")
+    parser.add_argument("--stream-tokens", type=int, default=_DEFAULTS["stream_tokens"],
+                        help="reference-prefix tokens per forward pass, over all context cells run side by side; "
+                        "lower it if the GPU runs out of memory (default %(default)s)")
     parser.add_argument("--naive", action="store_true",
                         help="run prefix + window per variant instead of cached prefix states (same scores, slower)")
     return parser
@@ -97,7 +102,8 @@ def _score(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: with --table the output is a TSV; a VCF output needs a --vcf input")
     config = ScoringConfig(window=args.window, context=args.context, strands=args.strands,
                            embeddings=not args.no_embeddings, layer=args.layer, cached=not args.naive,
-                           batch_size=args.batch_size, snapshot_stride=args.snapshot_stride)
+                           batch_size=args.batch_size, snapshot_stride=args.snapshot_stride,
+                           stream_tokens=args.stream_tokens)
     device = _device(args.device)
     model = load_scoring_model(args.model, device=device)
     if args.vcf:
@@ -106,7 +112,9 @@ def _score(args: argparse.Namespace) -> int:
     else:
         records, table = read_variant_table(args.table)
     started = time.perf_counter()
-    with ReferenceGenome(args.fasta) as reference:
+    memory_options = (f"--batch-size (now {args.batch_size}), --stream-tokens (now {args.stream_tokens}) or "
+                      f"--context (now {args.context})")
+    with ReferenceGenome(args.fasta) as reference, _memory_advice(memory_options):
         result = score_records(model, reference, records, config, progress=not args.no_progress)
     elapsed = time.perf_counter() - started
 
@@ -128,6 +136,19 @@ def _score(args: argparse.Namespace) -> int:
     if scored < total:
         print(f"skipped {total - scored:,} alleles:\n{summarize_skips(result)}", file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _memory_advice(options: str) -> Iterator[None]:
+    """Out of memory while scoring becomes a user error naming the scoring options that need less memory; the
+    generic report (dna_mamba.errors) would give training advice."""
+    import torch
+
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"out of memory while scoring ({first_line}); lower {options}") from err
 
 
 _REGION = re.compile(r"^(?P<chrom>[^:]+):(?P<start>[\d,]+)-(?P<end>[\d,]+)$")
@@ -190,7 +211,8 @@ def _mutagenesis(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model = load_scoring_model(args.model, device=device)
     started = time.perf_counter()
-    with ReferenceGenome(args.fasta) as reference:
+    memory_options = f"--batch-size (now {args.batch_size}) or --context (now {args.context})"
+    with ReferenceGenome(args.fasta) as reference, _memory_advice(memory_options):
         result = saturation_mutagenesis(model, reference, chrom, start, end, config, progress=not args.no_progress)
     elapsed = time.perf_counter() - started
     prefix = Path(args.out)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import itertools
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dna_mamba.data.fasta import FastaFormatError, check_fasta_index
-from dna_mamba.genomics import AmbiguousContigError, UnknownContigError, resolve_contig_name
+from dna_mamba.data.fasta import FastaFormatError, check_fasta, check_fasta_index, detect_compression
+from dna_mamba.genomics import AmbiguousContigError, UnknownContigError, open_maybe_gzip, resolve_contig_name
 from dna_mamba.tokenizer import ENCODE_TABLE, N, encode, encode_bytes, reverse_complement
 
 PathLike = str | os.PathLike
@@ -147,6 +149,10 @@ def _open_indexed_fasta(path: Path):
         import pysam
     except ImportError:  # pysam has no Windows wheels; the in-memory reader works everywhere
         return None
+    if detect_compression(path) == "gzip":
+        return None  # htslib cannot index plain gzip
+    if not Path(f"{path}.fai").is_file():
+        check_fasta(path)  # before htslib indexes what it should refuse (a nameless header, an empty record, ...)
     with _quiet_htslib(pysam):
         try:
             handle = pysam.FastaFile(str(path))
@@ -298,18 +304,50 @@ def read_vcf(path: PathLike) -> tuple[list[VariantRecord], str]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a VCF/BCF htslib can read.
+        ValueError: the file is not a VCF/BCF htslib can read, or a record is malformed (the message names the
+            file and the line, or the record number in a BCF).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such VCF file")
     records = []
     with _open_variant_file(path) as vcf:
-        for index, rec in enumerate(vcf):
-            alts = tuple(rec.alts or ())
-            records.append(VariantRecord(index, rec.chrom, rec.pos, rec.id or ".", rec.ref or "", alts))
+        try:
+            for rec in vcf:
+                records.append(VariantRecord(len(records), rec.chrom, rec.pos, rec.id or ".", rec.ref or "",
+                                             tuple(rec.alts or ())))
+        except (OSError, ValueError) as err:  # htslib says only "truncated file" or "unable to parse next record"
+            raise ValueError(_malformed_record(path, len(records), err)) from None
         header = str(vcf.header)
     return records, header
+
+
+def _malformed_record(path: Path, index: int, err: Exception) -> str:
+    """``<path>, line <n>: <what is wrong>`` for the record htslib could not parse, ``index`` records into the file."""
+    try:
+        with open_maybe_gzip(path) as handle:
+            if handle.read(3) == b"BCF":
+                return f"{path}, record {index + 1}: not a valid BCF record ({err})"
+            handle.seek(0)
+            data_lines = (item for item in enumerate(handle, start=1) if not item[1].startswith(b"#"))
+            found = next(itertools.islice(data_lines, index, None), None)
+    except (OSError, EOFError, zlib.error) as read_err:
+        return f"{path}, record {index + 1}: cannot be read ({read_err})"
+    if found is None:
+        return f"{path}, record {index + 1}: cannot be read ({err})"
+    number, line = found
+    text = line.decode("utf-8", "replace").rstrip("\r\n")
+    fields = text.split("\t")
+    if not text.strip():
+        problem = "a blank line among the records"
+    elif len(fields) < 8:
+        problem = (f"{len(fields)} tab-separated column{'s' if len(fields) > 1 else ''}; a VCF record has at least 8 "
+                   "(CHROM POS ID REF ALT QUAL FILTER INFO)")
+    elif not (fields[1].isdecimal() and int(fields[1]) > 0):
+        problem = f"POS must be a positive integer, got {fields[1]!r}"
+    else:
+        problem = f"htslib cannot parse this record ({err})"
+    return f"{path}, line {number}: {problem}"
 
 
 @contextlib.contextmanager
@@ -321,12 +359,31 @@ def _open_variant_file(path: Path) -> Iterator:
     with open(path, "rb") as handle, _quiet_htslib(pysam):
         try:
             vcf = pysam.VariantFile(handle)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: not a readable VCF/BCF file ({err})") from None
+        # TypeError: pysam fails to format its own error for some binary files it cannot identify.
+        except (OSError, ValueError, TypeError) as err:
+            raise ValueError(_not_a_vcf(path, err)) from None
         try:
             yield vcf
         finally:
             vcf.close()
+
+
+def _not_a_vcf(path: Path, err: Exception) -> str:
+    """Why htslib refused to open ``path``, in words (its own message only names the file object)."""
+    try:
+        with open_maybe_gzip(path) as handle:
+            first = handle.readline(200)
+    except (OSError, EOFError, zlib.error):
+        return f"{path}: not a VCF/BCF file (corrupt compressed data)"
+    if not first:
+        return f"{path}: empty file, not a VCF (a VCF starts with a '##fileformat=VCFv4.x' line)"
+    if not first.startswith(b"##fileformat=VCF"):
+        try:
+            shown = repr(first.decode("utf-8").rstrip("\r\n")[:60])
+        except UnicodeDecodeError:
+            shown = "binary data"
+        return f"{path}: not a VCF/BCF file (its first line must be '##fileformat=VCFv4.x', got {shown})"
+    return f"{path}: not a readable VCF/BCF file ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
 
 
 _TABLE_COLUMNS = {
