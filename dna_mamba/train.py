@@ -65,7 +65,7 @@ def _plain(cfg: DictConfig, key: str) -> dict:
     try:
         values = OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:
-        raise ValueError(f"{err.full_key} is required, e.g. {err.full_key}=[path/to/genome.fa.gz]") from None
+        raise ValueError(f"{err.full_key} is required, e.g. '{err.full_key}=[path/to/genome.fa.gz]'") from None
     values.pop("name", None)
     return values
 

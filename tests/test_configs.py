@@ -1,15 +1,17 @@
 """Every Hydra option composes and builds the library's dataclasses; unknown options fail clearly."""
 
+import shlex
 import subprocess
 import sys
 from importlib import resources
+from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_module
 
 from dna_mamba.model import DnaMambaLM
-from dna_mamba.train import build_configs
+from dna_mamba.train import build_configs, build_species_configs
 
 
 def options(group: str) -> list[str]:
@@ -75,3 +77,30 @@ def test_unknown_option_gives_hydra_error():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "no_such_model" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_trainer_cpu_overrides_every_experiment(experiment):
+    # What the error for a GPU setting on a machine without one advises.
+    assert composed([f"experiment={experiment}", "trainer=cpu"]).trainer.accelerator == "cpu"
+
+
+def readme_train_commands() -> list[list[str]]:
+    """The overrides of every complete ``python -m dna_mamba.train`` command in the README (continued lines joined)."""
+    text = (Path(__file__).parents[1] / "README.md").read_text().replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        if line.strip().startswith("python -m dna_mamba.train") and "..." not in line:
+            commands.append(shlex.split(line.split("#")[0])[3:])
+    return commands
+
+
+def test_readme_training_commands_compose_and_build():
+    commands = readme_train_commands()
+    assert len(commands) >= 5
+    for overrides in commands:
+        cfg = composed(overrides)
+        if cfg.task.name == "species":
+            build_species_configs(cfg)
+        else:
+            build_configs(cfg)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 
+from dna_mamba.lit.plots import read_metrics
 from dna_mamba.model import load_pretrained
 from dna_mamba.train import run_from_config
 
@@ -36,22 +37,28 @@ def test_short_run_trains_evaluates_exports_and_resumes(tmp_path, store_cache):
     base = [*TINY, f"out_dir={tmp_path}", f"data.cache_dir={store_cache}", "trainer.val_check_interval=4",
             "trainer.checkpoint_every_n_steps=3", "trainer.log_every_n_steps=1", "optim.lr=3e-2",
             "optim.warmup_fraction=0"]
-    summary = run([*base, "trainer.max_steps=6"])
-    assert summary["global_step"] == 6
+    summary = run([*base, "trainer.max_steps=7"])
+    assert summary["global_step"] == 7 and "stopped_early" not in summary
     assert 0 < summary["val_bits_per_base"] < 3.0  # 4 bits at init (16 logits); learning puts mass on A, C, G, T
     assert 1.5 < summary["markov_bits_per_base"] < 2.0  # E. coli is close to 2 bits/base at short orders
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    # Periodic saves came at steps 3 and 6; the run's end is saved too, so a resume loses nothing.
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 7
     assert (tmp_path / "curves.png").stat().st_size > 1000
-    assert json.loads((tmp_path / "summary.json").read_text())["global_step"] == 6
+    assert json.loads((tmp_path / "summary.json").read_text())["global_step"] == 7
     model = load_pretrained(tmp_path / "model")
     tokens = torch.randint(0, 4, (1, 64))
     assert torch.isfinite(model(tokens).logits).all()
 
-    # Resume continues the step count from last.ckpt instead of starting over.
-    resumed = run([*base, "trainer.max_steps=9", "resume=auto"])
-    assert resumed["global_step"] == 9
+    # Resume continues the step count from last.ckpt instead of starting over, and the metrics file (which the
+    # curves are drawn from) keeps the rows of the first part: every step logged once.
+    resumed = run([*base, "trainer.max_steps=10", "resume=auto"])
+    assert resumed["global_step"] == 10
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 9
+    assert ckpt["global_step"] == 10
+    metrics = read_metrics(tmp_path / "logs" / "metrics.csv")
+    assert [step for step, _ in metrics["train/loss"]] == list(range(10))
+    assert [step for step, _ in metrics["val/bits_per_base"]][:2] == [1, 3]  # validations of the first part
 
 
 def test_init_from_saved_model(tmp_path, store_cache):

@@ -60,6 +60,16 @@ class GenomeDataConfig:
         if not 0 <= self.rc_prob <= 1:
             raise ValueError(f"data.rc_prob must be in [0, 1], got {self.rc_prob}")
 
+    def identity(self) -> dict:
+        """What makes two runs train and validate on the same sequence: the genome files (absolute paths, so that a
+        relative path means the file it named when the run started) and the split."""
+        def absolute(paths: list[str]) -> list[str]:
+            return [p if p == EMBEDDED_ECOLI else str(Path(p).expanduser().resolve()) for p in paths]
+
+        return {"fasta": absolute(self.fasta), "val_fasta": absolute(self.val_fasta), "split": self.split,
+                "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+                "val_contigs": self.val_contigs, "test_contigs": self.test_contigs}
+
     def resolved_fasta(self, paths: list[str]) -> list[Path]:
         return [embedded_genome_path() if p == EMBEDDED_ECOLI else Path(p).expanduser() for p in paths]
 
@@ -69,6 +79,8 @@ class GenomeDataModule(L.LightningDataModule):
         super().__init__()
         if seq_len < 2:
             raise ValueError(f"seq_len must be at least 2 for next-token training, got {seq_len}")
+        # Saved in every checkpoint (datamodule_hyper_parameters), so that a resume can tell whose data it holds.
+        self.save_hyperparameters({"data": config.identity()})
         self.config = config
         self.seq_len = seq_len
         self.batch_size = batch_size

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Timer
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 
 from dna_mamba.export import export_checkpoint
@@ -24,6 +24,7 @@ from dna_mamba.lit.checkpoint_io import AtomicCheckpointIO
 from dna_mamba.lit.datamodule import GenomeDataConfig, GenomeDataModule
 from dna_mamba.lit.plots import plot_training_curves
 from dna_mamba.lit.pretrain import OptimConfig, PretrainModule
+from dna_mamba.lit.resume import RunCSVLogger, check_same_data, find_resume_point, refuse_to_overwrite
 from dna_mamba.model import DnaMambaConfig, fused_block, save_pretrained
 
 
@@ -87,9 +88,18 @@ class TrainerConfig:
                 raise ValueError(f"trainer.{name} must be positive or null, got {value}")
 
 
-def run_loggers(out_dir: Path) -> list:
-    """CSV metrics (what the plots read) and TensorBoard, when it is installed, under out_dir."""
-    loggers = [CSVLogger(out_dir, name="logs", version="")]
+def require_accelerator(config: TrainerConfig) -> None:
+    """Fail in one line before any data is prepared when the settings ask for a GPU that is not there (Lightning
+    would stop at the Trainer with a long traceback)."""
+    if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={config.accelerator} (trainer=gpu, ddp, fsdp and the GPU experiments) "
+                         "needs a CUDA GPU, and PyTorch sees none; on this machine add trainer=cpu")
+
+
+def run_loggers(out_dir: Path, resume_step: int | None = None) -> list:
+    """CSV metrics (what the plots read; a resumed run keeps its earlier rows) and TensorBoard, when it is installed,
+    under out_dir."""
+    loggers = [RunCSVLogger(out_dir, resume_step)]
     try:
         loggers.append(TensorBoardLogger(out_dir, name="tensorboard", version=""))
     except ModuleNotFoundError:  # tensorboard is optional on machines that only run sweeps
@@ -98,9 +108,10 @@ def run_loggers(out_dir: Path) -> list:
 
 
 def build_trainer(config: TrainerConfig, out_dir: Path, accumulate_grad_batches: int, callbacks: list,
-                  **overrides) -> L.Trainer:
+                  resume_step: int | None = None, **overrides) -> L.Trainer:
     """A Lightning Trainer with what every run of ours shares (devices, precision, clipping, logging, atomic
-    checkpoint writes); ``overrides`` are the caller's own Trainer options and win."""
+    checkpoint writes); ``resume_step``: the step a resumed run continues from; ``overrides`` are the caller's own
+    Trainer options and win."""
     options = dict(
         default_root_dir=out_dir,
         accelerator=config.accelerator,
@@ -118,21 +129,30 @@ def build_trainer(config: TrainerConfig, out_dir: Path, accumulate_grad_batches:
         limit_val_batches=config.limit_val_batches,
         deterministic=config.deterministic,
         callbacks=callbacks,
-        logger=run_loggers(out_dir),
+        logger=run_loggers(out_dir, resume_step),
         plugins=[AtomicCheckpointIO()],
     )
     return L.Trainer(**(options | overrides))
 
 
-def _resolve_resume(resume: str | None, out_dir: Path) -> str | None:
-    if resume in (None, "", "none", "null"):
+def save_last_checkpoint(trainer: L.Trainer, out_dir: Path) -> None:
+    """``last.ckpt`` at the state fit ended in: ModelCheckpoint saves only every n steps, so a run stopped by
+    ``trainer.max_time`` (or ending between those steps) would otherwise resume from an earlier step than it
+    exported. Every rank calls it (a sharded save gathers); the checkpoint IO writes atomically."""
+    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+
+
+def early_stop_note(trainer: L.Trainer, planned_steps: int, max_time: str | None) -> str | None:
+    """Why fit ended before ``planned_steps`` optimizer steps, or None when it ran them all."""
+    if trainer.global_step >= planned_steps:
         return None
-    if resume == "auto":
-        last = out_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    if not Path(resume).is_file():
-        raise FileNotFoundError(f"{resume}: checkpoint to resume from not found")
-    return resume
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining() if timer is not None else None
+    if remaining is not None and remaining <= 0:
+        # The timer's state is in the checkpoint, so a resumed run counts the time of its earlier parts too.
+        return (f"the time limit trainer.max_time={max_time} stopped the run; raise it (or set it to null) and add "
+                "resume=auto to run the rest")
+    return "the run stopped before the planned steps"
 
 
 def load_initial_weights(module: PretrainModule, init_from: str) -> None:
@@ -176,7 +196,13 @@ def run_pretraining(
     export: bool = True,
 ) -> dict:
     """Pretrain, evaluate, compare with the Markov baseline, plot, and export. Returns the summary dict."""
+    require_accelerator(trainer_config)
     out_dir = Path(trainer_config.out_dir)
+    resume_point = find_resume_point(resume, out_dir)
+    if resume_point is None:
+        refuse_to_overwrite(out_dir)
+    else:
+        check_same_data(resume_point, data_config.identity())
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
@@ -204,6 +230,7 @@ def run_pretraining(
         trainer_config, out_dir, plan.accumulate_grad_batches,
         callbacks=[checkpoint, EpochSeeder(), ThroughputMonitor(every_n_steps=trainer_config.log_every_n_steps),
                    LearningRateMonitor(logging_interval="step")],
+        resume_step=resume_point.global_step if resume_point else None,
         val_check_interval=trainer_config.val_check_interval, check_val_every_n_epoch=None,
     )
     n_params = module.model.num_parameters()
@@ -213,7 +240,7 @@ def run_pretraining(
         f"{plan.devices} device(s) = {plan.effective_tokens_per_step:,} tokens/step"
     )
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_resume(resume, out_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_point.path if resume_point else None)
     train_seconds = time.perf_counter() - start
 
     summary: dict = {
@@ -221,10 +248,15 @@ def run_pretraining(
         "seq_len": plan.seq_len,
         "tokens_per_step": plan.effective_tokens_per_step,
         "global_step": trainer.global_step,
+        "planned_steps": trainer_config.max_steps,
         "train_seconds": round(train_seconds, 1),
     }
     if trainer_config.fast_dev_run:
         return summary
+    save_last_checkpoint(trainer, out_dir)
+    note = early_stop_note(trainer, trainer_config.max_steps, trainer_config.max_time)
+    if note:
+        summary["stopped_early"] = note
 
     # FSDP leaves the module's parameters as flat shards after fit, which a plain validate or export would read as
     # the model. There the last validation of the run stands for the final one, and the model is exported from the
@@ -270,8 +302,11 @@ def _print_summary(summary: dict) -> None:
     if "markov_bits_per_base" in summary:
         rows.append((f"validation bits/base (order-{summary['markov_order']} Markov)",
                      f"{summary['markov_bits_per_base']:.4f}"))
+    steps = f"{summary['global_step']} of {summary['planned_steps']} planned"
+    if "stopped_early" in summary:
+        steps += f" ({summary['stopped_early']})"
     rows += [
-        ("optimizer steps", str(summary["global_step"])),
+        ("optimizer steps", steps),
         ("training time", f"{summary['train_seconds']:.0f} s"),
     ]
     if "model_dir" in summary:

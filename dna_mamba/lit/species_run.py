@@ -21,7 +21,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dna_mamba.lit.callbacks import EpochSeeder
 from dna_mamba.lit.pretrain import OptimConfig
-from dna_mamba.lit.runner import TrainerConfig, _resolve_resume, build_trainer, load_initial_weights
+from dna_mamba.lit.resume import find_resume_point
+from dna_mamba.lit.runner import (
+    TrainerConfig,
+    build_trainer,
+    early_stop_note,
+    load_initial_weights,
+    require_accelerator,
+    save_last_checkpoint,
+)
 from dna_mamba.lit.species import SpeciesDataModule, SpeciesModule, SpeciesTaskConfig
 from dna_mamba.model import DnaMambaConfig, fused_block
 from dna_mamba.species.dataset import (
@@ -148,7 +156,9 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
         # After fit FSDP leaves the parameters as flat shards, which the test pass and the export would read as the
         # model; a classifier's backbone fits one GPU, so data parallelism is what a bigger run needs.
         raise ValueError("trainer=fsdp is not supported by task=species; use trainer=ddp for several GPUs")
+    require_accelerator(trainer_config)
     out_dir = Path(trainer_config.out_dir)
+    resume_point = find_resume_point(resume, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
@@ -179,6 +189,7 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
         callbacks=[ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:02d}",
                                    auto_insert_metric_name=False, save_last=True, save_top_k=0),
                    EpochSeeder()],
+        resume_step=resume_point.global_step if resume_point else None,
         max_epochs=task.epochs, max_steps=task.epochs * task.steps_per_epoch, num_sanity_val_steps=0,
         limit_val_batches=trainer_config.limit_val_batches if has_val else 0,
     )
@@ -189,8 +200,10 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
           f"{plan.effective_batch} windows/step; test windows per class "
           f"{datamodule.windows_per_class('test')}{_stride_note(datamodule.datasets['test'].windows)}")
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=_resolve_resume(resume, out_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_point.path if resume_point else None)
     train_seconds = time.perf_counter() - start
+    save_last_checkpoint(trainer, out_dir)
+    planned_steps = task.epochs * task.steps_per_epoch
     trainer.test(module, datamodule=datamodule, verbose=False)
 
     results = {
@@ -206,7 +219,8 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
         "parameters": module.model.num_parameters(),
         "lr": task.lr,
         "global_step": trainer.global_step,
-        "planned_steps": task.epochs * task.steps_per_epoch,
+        "planned_steps": planned_steps,
+        "stopped_early": early_stop_note(trainer, planned_steps, trainer_config.max_time),
         "effective_batch": plan.effective_batch,
         "micro_batch_size": plan.micro_batch_size,
         "accumulate_grad_batches": plan.accumulate_grad_batches,
@@ -301,6 +315,8 @@ def run_species_sweep(task: SpeciesTaskConfig, model_config: DnaMambaConfig | No
         kmer_only: run only the k-mer baseline at each context (no model, seconds on a CPU).
         Other arguments: as :func:`run_species`.
     """
+    if not kmer_only:
+        require_accelerator(trainer_config)
     out_dir = Path(trainer_config.out_dir)
     dataset = open_species_dataset(task, seed=seed, progress=trainer_config.enable_progress_bar)
     check_contexts(task, dataset, contexts)
@@ -353,9 +369,10 @@ def _print_results(results: dict) -> None:
                      f"balanced {metrics['balanced_accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}")
     recall = ", ".join(f"{c} {v['recall']:.2f}" if v["recall"] is not None else f"{c} —"
                        for c, v in test["per_class"].items())
+    stopped = f"; {results['stopped_early']}" if results.get("stopped_early") else ""
     lines += [f"  per-class recall: {recall}",
-              f"  optimizer steps {results['global_step']} x {results['effective_batch']} windows, "
-              f"{results['train_seconds']:.0f} s",
+              f"  optimizer steps {results['global_step']} of {results['planned_steps']} planned, "
+              f"{results['effective_batch']} windows each, {results['train_seconds']:.0f} s{stopped}",
               f"  confusion matrix: {results['confusion_png']}"]
     if "classifier_dir" in results:
         lines.append(f"  classifier: {results['classifier_dir']}")

@@ -1,0 +1,104 @@
+"""What a user sees around a training run: GPU settings on a CPU, a run cut short by its time limit, resuming."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from safetensors.torch import load_file
+
+from dna_mamba.lit.plots import read_metrics
+from dna_mamba.train import run_from_config
+
+TINY = ["model=tiny", "trainer=cpu", "trainer.enable_progress_bar=false", "context=1k",
+        "trainer.tokens_per_step=4096", "trainer.micro_batch_tokens=2048", "data.max_val_windows=4",
+        "task.run_baseline=false", "trainer.log_every_n_steps=1"]
+
+
+def run(overrides: list[str]) -> dict:
+    with initialize_config_module(config_module="dna_mamba.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return run_from_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def store_cache(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("stores"))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer=gpu"],
+    ["trainer=ddp"],
+    ["experiment=species_bacteria", "task.manifest=no_such_manifest.tsv"],
+])
+def test_gpu_settings_without_a_gpu_fail_before_any_data_work(overrides, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    # Data that does not exist: reading it first would raise FileNotFoundError, not the GPU error.
+    data = [] if "experiment=species_bacteria" in overrides else ["data=fasta", "data.fasta=[no_such_genome.fa]"]
+    with pytest.raises(ValueError, match=r"needs a CUDA GPU.*trainer=cpu"):
+        run([*overrides, *data, f"out_dir={tmp_path}"])
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_gpu_setting_without_a_gpu_is_one_line_on_the_command_line(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # hides any GPU from torch in the child
+    result = subprocess.run([sys.executable, "-m", "dna_mamba.train", "task=species", "experiment=species_bacteria",
+                             f"out_dir={tmp_path}/run"], capture_output=True, text=True, timeout=300, env=env,
+                            cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: trainer.accelerator=gpu") and "trainer=cpu" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 2  # + the --debug hint
+
+
+def test_time_limit_stop_is_reported_checkpointed_and_resumable(tmp_path, store_cache, capsys):
+    base = [*TINY, f"out_dir={tmp_path}", f"data.cache_dir={store_cache}", "trainer.val_check_interval=1000",
+            "trainer.checkpoint_every_n_steps=1000"]
+    summary = run([*base, "trainer.max_steps=100000", "trainer.max_time=00:00:00:02"])
+    steps = summary["global_step"]
+    assert steps < 100000 and summary["planned_steps"] == 100000
+    assert "trainer.max_time=00:00:00:02 stopped the run" in summary["stopped_early"]
+    assert f"{steps} of 100000 planned (the time limit trainer.max_time" in capsys.readouterr().out
+
+    # last.ckpt holds the state that was exported, not the last periodic save (none happened at 1000 steps).
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == steps
+    exported = load_file(tmp_path / "model" / "model.safetensors")
+    for name, value in exported.items():
+        torch.testing.assert_close(ckpt["state_dict"][f"model.{name}"], value, msg=name)
+
+    # The time limit counts the whole run, so finishing needs it lifted; the metrics then cover both parts.
+    resumed = run([*base, f"trainer.max_steps={steps + 3}", "trainer.max_time=null", "resume=auto"])
+    assert resumed["global_step"] == steps + 3 and "stopped_early" not in resumed
+    logged = [step for step, _ in read_metrics(tmp_path / "logs" / "metrics.csv")["train/loss"]]
+    assert logged == list(range(steps + 3))
+
+
+def test_resume_refuses_a_checkpoint_of_other_data(tmp_path, store_cache):
+    base = [*TINY, f"out_dir={tmp_path}", f"data.cache_dir={store_cache}", "trainer.max_steps=1",
+            "task.export=false"]
+    run(base)
+    # The check comes before the data is read: these genomes need not exist.
+    with pytest.raises(ValueError, match=r"other data \(data\.fasta was \['embedded:ecoli'\].*name="):
+        run([*base, "data=fasta", "data.fasta=[other_genome.fa]", "resume=auto"])
+    with pytest.raises(ValueError, match=r"data\.val_fraction was 0\.05 and is now 0\.2"):
+        run([*base, "data.val_fraction=0.2", "resume=auto"])
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="broken.ckpt: not a readable checkpoint"):
+        run([*base, f"resume={broken}"])
+    # A setting that leaves the sequence alone resumes.
+    assert run([*base, "trainer.max_steps=2", "data.max_val_windows=2", "resume=auto"])["global_step"] == 2
+
+
+def test_a_new_run_does_not_overwrite_an_earlier_run(tmp_path, store_cache):
+    base = [*TINY, f"out_dir={tmp_path}", f"data.cache_dir={store_cache}", "trainer.max_steps=1"]
+    run(base)
+    saved = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    exported = (tmp_path / "model" / "model.safetensors").read_bytes()
+    # Another genome under the same run name: refused before its data is read, the earlier run untouched.
+    with pytest.raises(ValueError, match=r"already holds a run .*resume=auto.*name="):
+        run([*base, "data=fasta", "data.fasta=[other_genome.fa]", "seed=1"])
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == saved
+    assert (tmp_path / "model" / "model.safetensors").read_bytes() == exported
