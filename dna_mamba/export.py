@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from dna_mamba.model import DnaMambaConfig, DnaMambaLM, save_pretrained
+from dna_mamba.model.io import CONFIG_NAME, load_weights
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, extra_metadata: dict | None = None) -> Path:
@@ -14,17 +15,46 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, extra_metadat
 
     Works for any dna_mamba LightningModule that stores ``model_config`` in its hyperparameters and the
     language model under the ``model.`` prefix (pretraining; the species task keeps its backbone there too).
+
+    Raises:
+        FileNotFoundError: no such checkpoint.
+        ValueError: a directory, a file that is not a PyTorch checkpoint (or a truncated one), a checkpoint of
+            another tool, or one whose weights do not match its model config; or ``out_dir`` holds other files.
     """
     checkpoint = Path(checkpoint)
+    model, step = load_checkpoint_model(checkpoint)
+    metadata = {"exported_from": checkpoint.name, "global_step": step, **(extra_metadata or {})}
+    return save_pretrained(model, out_dir, extra_metadata=metadata)
+
+
+def load_checkpoint_model(checkpoint: str | Path) -> tuple[DnaMambaLM, int | None]:
+    """The language model inside a dna_mamba Lightning checkpoint, and the checkpoint's global step.
+
+    Raises:
+        FileNotFoundError, ValueError: as for :func:`export_checkpoint`.
+    """
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        kind = "a saved model directory already" if (checkpoint / CONFIG_NAME).is_file() else "a directory"
+        raise ValueError(f"{checkpoint}: is {kind}; pass a Lightning .ckpt file (e.g. RUN/checkpoints/last.ckpt)")
     if not checkpoint.is_file():
         raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
-    # weights_only=False: Lightning checkpoints hold plain-dict hyperparameters we wrote ourselves.
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    hparams = ckpt.get("hyper_parameters", {})
-    if "model_config" not in hparams or "state_dict" not in ckpt:
+    try:
+        # weights_only: our checkpoints hold tensors and plain containers only, and a file from elsewhere must not
+        # run code when read.
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load fails with many types (pickle, zip, EOF, OS errors) for one cause
+        raise ValueError(f"{checkpoint}: not a readable PyTorch checkpoint: truncated, damaged or another format "
+                         f"({type(err).__name__})") from None
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("model_config"), dict) \
+            or not isinstance(ckpt.get("state_dict"), dict):
         raise ValueError(f"{checkpoint}: not a dna_mamba training checkpoint (no model_config / state_dict)")
-    model = DnaMambaLM(DnaMambaConfig.from_dict(hparams["model_config"]))
+    try:
+        config = DnaMambaConfig.from_dict(hparams["model_config"])
+    except ValueError as err:
+        raise ValueError(f"{checkpoint}: bad model_config: {err}") from None
+    model = DnaMambaLM(config)
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state, strict=True)
-    metadata = {"exported_from": checkpoint.name, "global_step": ckpt.get("global_step"), **(extra_metadata or {})}
-    return save_pretrained(model, out_dir, extra_metadata=metadata)
+    load_weights(model, state, checkpoint)
+    return model, ckpt.get("global_step")

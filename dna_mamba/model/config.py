@@ -45,13 +45,21 @@ class DnaMambaConfig:
     rescale_prenorm_residual: bool = True  # GPT-2 style 1/sqrt(n_layer) scaling of out_proj at init
 
     def __post_init__(self) -> None:
-        if self.dt_rank is None:
-            self.dt_rank = math.ceil(self.d_model / 16)
-        positive = ("d_model", "n_layer", "d_state", "expand", "dt_rank", "vocab_size")
-        for name in positive:
+        for name in ("d_model", "n_layer", "d_state", "expand", "dt_rank", "vocab_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if name == "dt_rank" and value is None:  # d_model is checked by now
+                value = self.dt_rank = math.ceil(self.d_model / 16)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DnaMambaConfig.{name} must be a positive integer, got {value!r}")
+        # JSON and YAML hand-edits give strings ("1e-5", "false") that would otherwise fail later or, for the flags,
+        # count as true.
+        for name in ("dt_min", "dt_max", "dt_init_floor", "norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"DnaMambaConfig.{name} must be a number, got {value!r}")
+        for name in ("conv_bias", "proj_bias", "residual_in_fp32", "rescale_prenorm_residual"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"DnaMambaConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if not 2 <= self.d_conv <= 4:
             raise ValueError(f"DnaMambaConfig.d_conv must be in 2..4 (the conv kernel's range), got {self.d_conv}")
         if self.d_state > 64:
@@ -60,6 +68,8 @@ class DnaMambaConfig:
             raise ValueError(f"DnaMambaConfig.vocab_size must cover the 9 tokenizer ids, got {self.vocab_size}")
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"DnaMambaConfig.norm_eps must be positive (it keeps RMSNorm finite), got {self.norm_eps}")
 
     @property
     def d_inner(self) -> int:
