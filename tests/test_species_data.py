@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import re
 from pathlib import Path
 
@@ -10,8 +11,15 @@ import numpy as np
 import pytest
 
 from dna_mamba.baselines import kmer_frequencies
+from dna_mamba.data.store import StoreError
 from dna_mamba.species.cli import prepare_main
-from dna_mamba.species.dataset import BalancedWindowDataset, EvalWindowDataset, SplitConfig, prepare_species
+from dna_mamba.species.dataset import (
+    BalancedWindowDataset,
+    EvalWindowDataset,
+    SpeciesDataset,
+    SplitConfig,
+    prepare_species,
+)
 from dna_mamba.species.kmer import kmer_counts, kmer_features, reverse_complement_index
 from dna_mamba.species.manifest import ManifestError, read_manifest
 from dna_mamba.species.metrics import classification_metrics
@@ -89,6 +97,7 @@ def test_shipped_manifests_read(shared_data: Path) -> None:
     (["low\tgenomes/low_a.fa", "high\tgenomes/nope.fa"], "'genomes/nope.fa' not found"),
     (["low\tgenomes/low_a.fa\tholdout", "high\tgenomes/high_a.fa"], "split must be one of train, val, test"),
     (["low\tgenomes/low_a.fa", "low\tgenomes/low_a.fa", "high\tgenomes/high_a.fa"], "listed twice under label"),
+    (["low\tgenomes", "high\tgenomes/high_a.fa"], r"m.tsv:1: .*genomes is a directory, not a FASTA file"),
 ])
 def test_bad_manifests_fail_with_one_clear_error(tmp_path: Path, genomes: Path, lines, message) -> None:
     with pytest.raises(ManifestError, match=message):
@@ -105,6 +114,25 @@ def test_copy_of_a_fasta_under_another_label(tmp_path: Path, genomes: Path) -> N
     (genomes / "copy.fa").write_bytes((genomes / "low_a.fa").read_bytes())
     with pytest.raises(ManifestError, match="appears under two labels, 'low' and 'high'"):
         read_manifest(manifest(tmp_path, ["low\tgenomes/low_a.fa", "high\tgenomes/copy.fa"]))
+
+
+def test_manifest_saved_with_a_byte_order_mark(tmp_path: Path, genomes: Path) -> None:
+    # Spreadsheet "UTF-8" exports start with a BOM, which must not turn the header into a data row.
+    path = manifest(tmp_path, four_genomes(genomes))
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert read_manifest(path).labels == ["low", "high"]
+
+
+def test_manifest_paths_that_are_directories(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="is a directory; a species manifest is a TSV or YAML file"):
+        read_manifest(tmp_path)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path, genomes: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("low: [genomes/low_a.fa]\nhigh: [genomes/high_a.fa\n")
+    with pytest.raises(ManifestError, match=r"m.yaml:3: cannot read manifest \(expected ',' or '\]'"):
+        read_manifest(path)
 
 
 def test_yaml_label_without_files(tmp_path: Path, genomes: Path) -> None:
@@ -125,11 +153,37 @@ def test_prepare_cli_reports_bad_input_in_one_line(tmp_path: Path, genomes: Path
 
 def test_single_genome_class_cannot_hold_out_a_genome(tmp_path: Path, genomes: Path) -> None:
     lines = ["low\tgenomes/low_a.fa", "high\tgenomes/high_a.fa", "high\tgenomes/high_b.fa.gz"]
-    with pytest.raises(ManifestError, match="class 'low' has a single genome"):
+    with pytest.raises(ManifestError, match=r"m.tsv: class 'low' has a single genome"):
         prepare_species(manifest(tmp_path, lines), tmp_path / "out", split=SplitConfig("genome"), progress=False)
     # auto falls back to held-out regions, which needs no second genome
     data = prepare_species(manifest(tmp_path, lines), tmp_path / "out", progress=False)
     assert data.split["method"] == "region"
+
+
+@pytest.mark.parametrize(("low_splits", "message"), [
+    (("val", ""), r"class 'low' has no training genome \(low_a val, low_b test \(the last unmarked genome\)\)"),
+    (("test", "test"), r"class 'low' has no training genome \(low_a test, low_b test\)"),
+    (("train", "val"), "class 'low' has no genome to hold out for testing: all are marked train or val"),
+])
+def test_genome_split_roles_that_leave_a_part_empty(tmp_path: Path, genomes: Path, low_splits, message) -> None:
+    lines = [f"low\tgenomes/low_a.fa\t{low_splits[0]}", f"low\tgenomes/low_b.fa.gz\t{low_splits[1]}",
+             "high\tgenomes/high_a.fa", "high\tgenomes/high_b.fa.gz"]
+    with pytest.raises(ManifestError, match=f"m.tsv: {message}"):
+        prepare_species(manifest(tmp_path, lines), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # refused before any store is built
+
+
+def test_damaged_dataset_index_is_one_error(tmp_path: Path, genomes: Path) -> None:
+    data = prepare_species(manifest(tmp_path, four_genomes(genomes)), tmp_path / "out", progress=False)
+    index_path = data.directory / "species.json"
+    index = json.loads(index_path.read_text())
+    del index["genomes"][0]["segments"]
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(StoreError, match="species.json: malformed species dataset index .KeyError: 'segments'."):
+        SpeciesDataset.open(data.directory)
+    index_path.write_text("[]")
+    with pytest.raises(StoreError, match="not a species dataset of version 1"):
+        SpeciesDataset.open(data.directory)
 
 
 def test_class_shorter_than_context_fails_before_training(tmp_path: Path, genomes: Path) -> None:

@@ -4,11 +4,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
 from safetensors.torch import load_file
 
+from dna_mamba.lit.datamodule import GenomeDataConfig, GenomeDataModule
 from dna_mamba.lit.plots import read_metrics
 from dna_mamba.train import run_from_config
 
@@ -102,3 +104,34 @@ def test_a_new_run_does_not_overwrite_an_earlier_run(tmp_path, store_cache):
         run([*base, "data=fasta", "data.fasta=[other_genome.fa]", "seed=1"])
     assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == saved
     assert (tmp_path / "model" / "model.safetensors").read_bytes() == exported
+
+
+def _write_fasta(path, records: dict[str, int], seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for name, length in records.items():
+            f.write(f">{name}\n{''.join(rng.choice(list('ACGT'), length))}\n")
+    return str(path)
+
+
+def test_contigs_shorter_than_the_context_are_left_out_with_a_note(tmp_path, capsys):
+    # A chromosome beside a plasmid: the plasmid cannot hold a 1,024-bp window, the run goes on without it.
+    fasta = _write_fasta(tmp_path / "genome.fa", {"chromosome": 20_000, "plasmid": 700})
+    data = GenomeDataModule(GenomeDataConfig(fasta=[fasta], cache_dir=str(tmp_path / "stores")), seq_len=1024,
+                            batch_size=2, progress=False)
+    data.prepare_data()
+    data.setup()
+    windows = data.datasets["train"].windows
+    assert len(windows) > 0 and set(windows[:, 0].tolist()) == {0}  # the chromosome's windows only
+    note = "data: 1 train segment(s), 665 bp, lie on contigs shorter than the 1,024-bp context and are left out"
+    assert note in capsys.readouterr().out
+
+
+def test_a_context_longer_than_every_contig_names_both_lengths(tmp_path):
+    fasta = _write_fasta(tmp_path / "genome.fa", {"a": 900, "b": 700})
+    data = GenomeDataModule(GenomeDataConfig(fasta=[fasta], cache_dir=str(tmp_path / "stores")), seq_len=1024,
+                            batch_size=2, progress=False)
+    data.prepare_data()
+    with pytest.raises(ValueError, match=r"no train windows of length 1,024: the longest train contig is 900 bp.*"
+                                         r"data\.pad=true"):
+        data.setup()

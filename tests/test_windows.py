@@ -132,8 +132,11 @@ def test_windows_with_too_many_n_are_skipped(genome: GenomeStore) -> None:
 
 
 def test_contig_shorter_than_window(genome: GenomeStore) -> None:
-    with pytest.raises(ValueError, match="contig 'chrM' is 50 bp, shorter than the 64 bp window"):
-        plan_windows(genome, whole_contigs(genome), 64)
+    # Without padding a contig shorter than the window holds none (a plasmid beside a chromosome must not stop a
+    # run); the other contigs still get theirs.
+    unpadded = plan_windows(genome, whole_contigs(genome), 64, max_n_fraction=1.0)
+    assert len(unpadded) > 0 and genome.index_of("chrM") not in unpadded[:, 0]
+    assert len(plan_windows(genome, [Segment("chrM", 0, 50)], 64)) == 0
     padded = plan_windows(genome, [Segment("chrM", 0, 50)], 64, pad=True, max_n_fraction=1.0)
     assert padded.tolist() == [[2, 0], [2, -14]]
     dataset = WindowDataset(genome, padded, 64)
@@ -196,6 +199,10 @@ def test_random_window_dataset(genome: GenomeStore) -> None:
     assert torch.equal(clone[5], dataset[5])
     short = RandomWindowDataset(genome, [Segment("chrM", 0, 50)], 64, num_samples=4, pad=True, max_n_fraction=1.0)
     assert all((short[i].numpy() == 4).sum() == 14 for i in range(4))
+    mixed = RandomWindowDataset(genome, [Segment("chrM", 0, 50), Segment("chr1", 0, 1000)], 64, num_samples=8)
+    assert all(chr1.find(mixed[i].numpy().astype(np.uint8).tobytes()) >= 0 for i in range(8))  # chrM left out
+    with pytest.raises(ValueError, match="every segment is on a contig shorter than the 64 bp window"):
+        RandomWindowDataset(genome, [Segment("chrM", 0, 50)], 64, num_samples=1)
     with pytest.raises(RuntimeError, match="no window with at most 0% N"):
         RandomWindowDataset(genome, [Segment("chr2", 450, 650)], 100, num_samples=1, max_n_fraction=0.0)[0]
 

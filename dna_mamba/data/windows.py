@@ -30,7 +30,9 @@ def plan_windows(store: GenomeStore, segments: Sequence[Segment], window: int, *
     ``window``, dropping the incomplete tail), overlapping ones with a shorter stride. A shorter sub-segment gets two
     windows anchored at its start ``[s, s + window)`` and at its end ``[e - window, e)``, shifted to lie inside the
     contig (so they extend past the sub-segment into neighbouring sequence); the two coincide, and one is kept, when
-    the contig is exactly ``window`` long. Windows with more than ``max_n_fraction`` N are then dropped.
+    the contig is exactly ``window`` long. Windows with more than ``max_n_fraction`` N are then dropped, and so are
+    segments on contigs shorter than ``window`` unless ``pad`` (such a contig holds no window: think of a plasmid
+    beside a chromosome), so the result may be empty.
 
     Args:
         store: the genome.
@@ -38,8 +40,8 @@ def plan_windows(store: GenomeStore, segments: Sequence[Segment], window: int, *
         window: window length in bases.
         max_n_fraction: drop windows whose fraction of N exceeds this (1.0 keeps all).
         segment_length: sub-segment length; None uses each segment whole.
-        pad: allow contigs shorter than ``window``: their anchored windows overhang the contig and read as N
-            there (which counts towards ``max_n_fraction``).
+        pad: give contigs shorter than ``window`` windows too: their anchored windows overhang the contig and read
+            as N there (which counts towards ``max_n_fraction``).
         stride: bases between the starts of consecutive windows of a sub-segment, from 1 to ``window``; None is
             ``window``. A shorter stride gives more, overlapping (so correlated) windows from the same sequence,
             e.g. to evaluate on a small held-out region; windows still never leave their sub-segment.
@@ -50,7 +52,7 @@ def plan_windows(store: GenomeStore, segments: Sequence[Segment], window: int, *
         one).
 
     Raises:
-        ValueError: bad arguments, or (unless ``pad``) a segment on a contig shorter than ``window``.
+        ValueError: bad arguments, or a segment past the end of its contig.
     """
     if window < 1:
         raise ValueError(f"window must be positive, got {window}")
@@ -67,8 +69,7 @@ def plan_windows(store: GenomeStore, segments: Sequence[Segment], window: int, *
         if segment.end > length:
             raise ValueError(f"segment {segment} extends past the end of contig '{segment.contig}' ({length} bp)")
         if length < window and not pad:
-            raise ValueError(f"contig '{segment.contig}' is {length} bp, shorter than the {window} bp window; "
-                             f"use a shorter window or pad=True to pad it with N")
+            continue
         starts = _segment_starts(segment, window, segment_length or segment.length, length, stride or window)
         n_count = store.count_n(segment.contig, starts, starts + window)
         starts = starts[n_count <= max_n_fraction * window]
@@ -186,8 +187,9 @@ class RandomWindowDataset(_GenomeWindowDataset):
 
     A segment is picked with probability proportional to its length, then a start uniformly among the windows that
     lie inside it; for a segment shorter than the window, among the windows that contain it (inside the contig, or
-    N-padded when ``pad`` and the contig is shorter than the window). Draws with more than ``max_n_fraction`` N
-    are redrawn, up to ``max_tries`` times.
+    N-padded when ``pad`` and the contig is shorter than the window). Without ``pad``, segments on contigs shorter
+    than the window are left out, as in :func:`plan_windows`. Draws with more than ``max_n_fraction`` N are redrawn,
+    up to ``max_tries`` times.
 
     Shapes:
         item: (window,) int64.
@@ -201,6 +203,10 @@ class RandomWindowDataset(_GenomeWindowDataset):
             raise ValueError(f"num_samples must be non-negative, got {num_samples}")
         if not segments:
             raise ValueError("RandomWindowDataset needs at least one segment")
+        segments = [s for s in segments if pad or store.length(s.contig) >= window]
+        if not segments:
+            raise ValueError(f"every segment is on a contig shorter than the {window} bp window; use a shorter "
+                             f"window or pad=True to pad them with N")
         if not 0.0 <= max_n_fraction <= 1.0:
             raise ValueError(f"max_n_fraction must be in [0, 1], got {max_n_fraction}")
         self.num_samples = num_samples
@@ -211,9 +217,6 @@ class RandomWindowDataset(_GenomeWindowDataset):
         self._high = np.empty(len(segments), dtype=np.int64)
         for i, segment in enumerate(segments):
             length = store.length(segment.contig)
-            if length < window and not pad:
-                raise ValueError(f"contig '{segment.contig}' is {length} bp, shorter than the {window} bp window; "
-                                 f"use a shorter window or pad=True to pad it with N")
             if segment.length >= window:
                 self._low[i], self._high[i] = segment.start, segment.end - window
             elif length >= window:

@@ -36,7 +36,7 @@ class GenomeDataConfig:
     val_fasta: list[str] = field(default_factory=list)  # split="files": separate genomes for validation
     segment_length: int | None = None  # sub-segments that windows tile; None: whole segments
     max_n_fraction: float = 0.1  # windows with more N than this are skipped
-    pad: bool = False  # N-pad windows longer than a contig instead of failing
+    pad: bool = False  # N-pad contigs shorter than the context instead of leaving them out
     rc_prob: float = 0.5  # reverse-complement augmentation probability for training windows
     max_val_windows: int | None = 256  # evaluation cost cap: an evenly spaced subset of validation windows
     num_workers: int = 0
@@ -115,6 +115,14 @@ class GenomeDataModule(L.LightningDataModule):
             segments = split[name]
             if not segments:
                 continue
+            contig_lengths = split.store(name).contigs
+            longest = max(contig_lengths[s.contig] for s in segments)
+            short = [s for s in segments if contig_lengths[s.contig] < self.seq_len]
+            if short and not cfg.pad and len(short) < len(segments):
+                # plan_windows leaves them out (a plasmid must not stop a chromosome's run); say so, once.
+                print(f"data: {len(short):,} {name} segment(s), {sum(s.length for s in short):,} bp, lie on contigs "
+                      f"shorter than the {self.seq_len:,}-bp context and are left out (data.pad=true pads them "
+                      "with N)")
             windows = plan_windows(
                 split.store(name), segments, self.seq_len, max_n_fraction=cfg.max_n_fraction,
                 segment_length=cfg.segment_length, pad=cfg.pad,
@@ -124,8 +132,9 @@ class GenomeDataModule(L.LightningDataModule):
                 windows = windows[keep]
             if len(windows) == 0:
                 raise ValueError(
-                    f"no {name} windows of length {self.seq_len}: segments too short or too many N "
-                    f"(data.max_n_fraction={cfg.max_n_fraction}); lower the context or set data.pad=true"
+                    f"no {name} windows of length {self.seq_len:,}: the longest {name} contig is {longest:,} bp, or "
+                    f"the windows hold too much N (data.max_n_fraction={cfg.max_n_fraction}); lower the context "
+                    "or set data.pad=true"
                 )
             rc_prob = cfg.rc_prob if name == "train" else 0.0
             self.datasets[name] = WindowDataset(

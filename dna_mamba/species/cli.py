@@ -139,6 +139,16 @@ def model_config_by_name(name: str):
     return DnaMambaConfig(**values)
 
 
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise ValueError(f"--kmer {text!r} must be comma-separated k-mer sizes, e.g. 4,5,6") from None
+    if not ks:
+        raise ValueError(f"--kmer {text!r} lists no k-mer size (e.g. 4,5,6); use --no-baseline to skip the baseline")
+    return ks
+
+
 def sweep_main(argv: Sequence[str] | None = None) -> int:
     """``dna-mamba species-sweep``; returns the exit status."""
     args = build_sweep_parser().parse_args(argv)
@@ -152,6 +162,9 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         from dna_mamba.lit.species_run import run_species_sweep
 
         contexts = [parse_context(c) for c in args.contexts.split(",") if c.strip()]
+        if not contexts:
+            raise ValueError(f"--contexts {args.contexts!r} lists no context length (e.g. 1k,32k)")
+        kmer_ks = _parse_ks(args.kmer)
         prepared = Path(args.manifest).is_dir()
         task = SpeciesTaskConfig(
             manifest=None if prepared else args.manifest, prepared=args.manifest if prepared else None,
@@ -161,7 +174,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
             val_windows_per_class=args.val_windows_per_class, test_windows_per_class=args.test_windows_per_class,
             test_stride=args.test_stride, run_baseline=not args.no_baseline,
-            kmer_ks=[int(k) for k in args.kmer.split(",") if k.strip()], kmer_train_windows=args.kmer_train_windows)
+            kmer_ks=kmer_ks, kmer_train_windows=args.kmer_train_windows)
         gpu = args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available())
         trainer = TrainerConfig(out_dir=args.out, accelerator=args.accelerator,
                                 precision=args.precision or ("bf16-mixed" if gpu else "32-true"),

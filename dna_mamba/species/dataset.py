@@ -110,7 +110,8 @@ def split_segments(manifest: Manifest, contigs: list[dict[str, int]], config: Sp
     for label, genomes in manifest.by_label().items():
         members = [index[id(g)] for g in genomes]
         if method == "genome":
-            _split_genomes(label, [manifest.genomes[i] for i in members], members, contigs, parts, config)
+            _split_genomes(manifest.source, label, [manifest.genomes[i] for i in members], members, contigs,
+                           parts, config)
         elif method == "contig":
             _split_contigs(label, members, manifest, contigs, parts, config)
         else:
@@ -133,27 +134,35 @@ def validate_split(manifest: Manifest, config: SplitConfig) -> str:
                             f"uses; drop the split column or use split=genome")
     if method == "genome":
         for label, genomes in manifest.by_label().items():
-            _genome_roles(label, genomes)
+            _genome_roles(manifest.source, label, genomes)
     return method
 
 
-def _genome_roles(label: str, genomes: list) -> list[str]:
+def _genome_roles(source: Path, label: str, genomes: list) -> list[str]:
     """train / val / test of each genome of a class: the manifest's, and the last unassigned genome as test."""
     roles = [g.part for g in genomes]
+    automatic = None
     if "test" not in roles:
         free = [k for k, role in enumerate(roles) if role is None]
-        if len(genomes) < 2 or not free:
-            raise ManifestError(f"class '{label}' has a single genome, so none can be held out for testing: add a "
-                                f"genome, mark one 'test' in the manifest's split column, or use split=region")
-        roles[free[-1]] = "test"
+        if len(genomes) < 2:
+            raise ManifestError(f"{source}: class '{label}' has a single genome, so none can be held out for testing "
+                                f"while another trains: add a genome of the class, or use split=region")
+        if not free:
+            raise ManifestError(f"{source}: class '{label}' has no genome to hold out for testing: all are marked "
+                                f"train or val; mark one 'test' or leave one unmarked")
+        automatic = free[-1]
+        roles[automatic] = "test"
     roles = [role or "train" for role in roles]
     if "train" not in roles:
-        raise ManifestError(f"class '{label}' has no training genome: every genome is marked val or test")
+        held = ", ".join(f"{g.name} {role}" + (" (the last unmarked genome)" if k == automatic else "")
+                         for k, (g, role) in enumerate(zip(genomes, roles, strict=True)))
+        raise ManifestError(f"{source}: class '{label}' has no training genome ({held}); add a genome or mark one "
+                            f"'train'")
     return roles
 
 
-def _split_genomes(label, genomes, members, contigs, parts, config) -> None:
-    roles = _genome_roles(label, genomes)
+def _split_genomes(source, label, genomes, members, contigs, parts, config) -> None:
+    roles = _genome_roles(source, label, genomes)
     has_val_genome = "val" in roles
     for i, role in zip(members, roles, strict=True):
         for contig, length in contigs[i].items():
@@ -208,14 +217,19 @@ class SpeciesDataset:
                              f"`dna-mamba prepare-species`") from None
         except (OSError, ValueError) as err:
             raise StoreError(f"{directory / INDEX_NAME}: unreadable ({err})") from None
-        if index.get("format") != DATASET_FORMAT or index.get("version") != DATASET_VERSION:
+        if not isinstance(index, dict) or index.get("format") != DATASET_FORMAT \
+                or index.get("version") != DATASET_VERSION:
             raise StoreError(f"{directory}: not a species dataset of version {DATASET_VERSION}; prepare it again")
-        genomes = [
-            PreparedGenome(g["name"], g["label"], g["class_index"], g["fasta"], g["store"],
-                           {p: [Segment(*s) for s in g["segments"][p]] for p in PARTS})
-            for g in index["genomes"]
-        ]
-        return cls(directory, index["classes"], genomes, index["split"])
+        try:
+            genomes = [
+                PreparedGenome(g["name"], g["label"], g["class_index"], g["fasta"], g["store"],
+                               {p: [Segment(*s) for s in g["segments"][p]] for p in PARTS})
+                for g in index["genomes"]
+            ]
+            return cls(directory, index["classes"], genomes, index["split"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise StoreError(f"{directory / INDEX_NAME}: malformed species dataset index ({type(err).__name__}: "
+                             f"{err}); prepare it again") from None
 
     @property
     def num_classes(self) -> int:

@@ -113,6 +113,8 @@ def read_manifest(manifest: str | os.PathLike, data_root: str | os.PathLike | No
         shipped = True
     else:
         shipped = False
+    if path.is_dir():
+        raise ManifestError(f"{manifest}: is a directory; a species manifest is a TSV or YAML file")
     if not path.is_file():
         raise ManifestError(f"{manifest}: species manifest not found (a TSV or YAML file, or a shipped example: "
                             f"{', '.join(EXAMPLES)})")
@@ -134,7 +136,7 @@ _Row = tuple[str, str, str, str | None]
 def _read_tsv(path: Path) -> list[_Row]:
     rows: list[_Row] = []
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: spreadsheet exports start with a BOM
     except (OSError, UnicodeDecodeError) as err:
         raise ManifestError(f"{path}: cannot read manifest ({err})") from None
     for number, line in enumerate(lines, start=1):
@@ -158,9 +160,12 @@ def _read_yaml(path: Path) -> list[_Row]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ManifestError(f"{path}: cannot read manifest ({str(err).splitlines()[0]})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ManifestError(f"{where}: cannot read manifest ({problem})") from None
     if isinstance(data, dict) and set(data) == {"genomes"}:
         data = data["genomes"]
     if not isinstance(data, dict):
@@ -224,6 +229,8 @@ def _resolve(where: str, text: str, roots: list[Path], explicit_root: bool) -> P
     for candidate in candidates:
         if candidate.is_file():
             return candidate.absolute()
+        if candidate.is_dir():
+            raise ManifestError(f"{where}: {candidate.absolute()} is a directory, not a FASTA file")
     if path.is_absolute():
         raise ManifestError(f"{where}: FASTA file {path} not found")
     hint = "" if explicit_root else f" (pass --data-root or set {DATA_ROOT_ENV} to the folder it is relative to)"
