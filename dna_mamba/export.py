@@ -58,3 +58,20 @@ def load_checkpoint_model(checkpoint: str | Path) -> tuple[DnaMambaLM, int | Non
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     load_weights(model, state, checkpoint)
     return model, ckpt.get("global_step")
+
+
+def load_model_source(source: str | Path) -> DnaMambaLM:
+    """The language model in a saved model directory or a dna_mamba Lightning checkpoint file (``init_from``).
+
+    Raises:
+        FileNotFoundError: neither exists.
+        ValueError: as :func:`dna_mamba.model.load_pretrained` and :func:`load_checkpoint_model`.
+    """
+    from dna_mamba.model import load_pretrained
+
+    path = Path(source)
+    if path.is_dir():
+        return load_pretrained(path)
+    if path.is_file():
+        return load_checkpoint_model(path)[0]
+    raise FileNotFoundError(f"{source}: neither a saved model directory nor a checkpoint file")

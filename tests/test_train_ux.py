@@ -135,3 +135,15 @@ def test_a_context_longer_than_every_contig_names_both_lengths(tmp_path):
     with pytest.raises(ValueError, match=r"no train windows of length 1,024: the longest train contig is 900 bp.*"
                                          r"data\.pad=true"):
         data.setup()
+
+
+def test_init_from_a_bad_source_is_one_clear_error(tmp_path, store_cache):
+    base = [*TINY, f"data.cache_dir={store_cache}", "trainer.max_steps=1"]
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(b"PK\x03\x04 not the rest of a checkpoint")
+    with pytest.raises(ValueError, match="truncated.ckpt: not a readable PyTorch checkpoint"):
+        run([*base, f"out_dir={tmp_path / 'a'}", f"init_from={truncated}"])
+    # A saved model of another size: the mismatch is named, not a load_state_dict traceback.
+    run([*base, f"out_dir={tmp_path / 'small'}", "model=small"])
+    with pytest.raises(ValueError, match=r"small/model.*weights do not match the model config; wrong shape"):
+        run([*base, f"out_dir={tmp_path / 'b'}", f"init_from={tmp_path / 'small' / 'model'}"])

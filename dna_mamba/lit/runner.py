@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ti
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 
-from dna_mamba.export import export_checkpoint
+from dna_mamba.export import export_checkpoint, load_model_source
 from dna_mamba.lit.callbacks import EpochSeeder, ThroughputMonitor
 from dna_mamba.lit.checkpoint_io import AtomicCheckpointIO
 from dna_mamba.lit.datamodule import GenomeDataConfig, GenomeDataModule
@@ -26,6 +26,7 @@ from dna_mamba.lit.plots import plot_training_curves
 from dna_mamba.lit.pretrain import OptimConfig, PretrainModule
 from dna_mamba.lit.resume import RunCSVLogger, check_same_data, find_resume_point, refuse_to_overwrite
 from dna_mamba.model import DnaMambaConfig, fused_block, save_pretrained
+from dna_mamba.model.io import load_weights
 
 
 @dataclass
@@ -157,18 +158,7 @@ def early_stop_note(trainer: L.Trainer, planned_steps: int, max_time: str | None
 
 def load_initial_weights(module: PretrainModule, init_from: str) -> None:
     """Copy weights from a saved model directory or a Lightning checkpoint into ``module.model``."""
-    path = Path(init_from)
-    if path.is_dir():
-        from dna_mamba.model import load_pretrained
-
-        source = load_pretrained(path)
-        state = source.state_dict()
-    elif path.is_file():
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    else:
-        raise FileNotFoundError(f"{init_from}: neither a saved model directory nor a checkpoint file")
-    module.model.load_state_dict(state, strict=True)
+    load_weights(module.model, load_model_source(init_from).state_dict(), init_from)
 
 
 def markov_baseline_bits(datamodule: GenomeDataModule) -> dict:

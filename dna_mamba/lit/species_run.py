@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from dna_mamba.export import load_model_source
 from dna_mamba.lit.callbacks import EpochSeeder
 from dna_mamba.lit.pretrain import OptimConfig
 from dna_mamba.lit.resume import find_resume_point
@@ -104,13 +105,7 @@ def backbone_config(init_from: str | None, model_config: DnaMambaConfig | None) 
         from dna_mamba.model.io import read_config
 
         return read_config(path)[0]
-    if path.is_file():
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoints: plain-dict hparams
-        hparams = ckpt.get("hyper_parameters", {})
-        if "model_config" not in hparams:
-            raise ValueError(f"{init_from}: not a dna_mamba checkpoint (no model_config in its hyperparameters)")
-        return DnaMambaConfig.from_dict(hparams["model_config"])
-    raise FileNotFoundError(f"{init_from}: neither a saved model directory nor a checkpoint file")
+    return load_model_source(path).config
 
 
 def apply_memory_settings(module: SpeciesModule, trainer_config: TrainerConfig, seq_len: int) -> None:
