@@ -324,3 +324,11 @@ def test_metrics() -> None:
     assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert m["macro_f1"] == pytest.approx((2 * 2 / (3 + 3) + 2 * 2 / (2 + 3) + 0) / 3)
     assert m["confusion_matrix"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_a_relative_fasta_not_found_names_every_way_to_give_the_data_root(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("DNA_MAMBA_DATA", raising=False)
+    path = manifest(tmp_path, ["low\tno_such/low.fa", "high\tno_such/high.fa"])
+    with pytest.raises(ManifestError, match=r"m.tsv:1: FASTA file 'no_such/low.fa' not found under .*"
+                                            r"--data-root, or task.data_root when training, or DNA_MAMBA_DATA"):
+        read_manifest(path)

@@ -233,7 +233,8 @@ def _resolve(where: str, text: str, roots: list[Path], explicit_root: bool) -> P
             raise ManifestError(f"{where}: {candidate.absolute()} is a directory, not a FASTA file")
     if path.is_absolute():
         raise ManifestError(f"{where}: FASTA file {path} not found")
-    hint = "" if explicit_root else f" (pass --data-root or set {DATA_ROOT_ENV} to the folder it is relative to)"
+    hint = "" if explicit_root else (f" (point --data-root, or task.data_root when training, or {DATA_ROOT_ENV} at the "
+                                     "folder it is relative to)")
     looked = ", ".join(str(r) for r in roots)
     raise ManifestError(f"{where}: FASTA file '{text}' not found under {looked}{hint}")
 
