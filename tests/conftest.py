@@ -48,3 +48,20 @@ def run_fast_notebook(monkeypatch, shared_data):
         return outputs, elapsed
 
     return run
+
+
+def run_training(overrides: list[str]) -> dict:
+    """``python -m dna_mamba.train OVERRIDES`` in this process (Hydra composes the shipped configs); the summary."""
+    from hydra import compose, initialize_config_module
+
+    from dna_mamba.train import run_from_config
+
+    with initialize_config_module(config_module="dna_mamba.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return run_from_config(cfg)
+
+
+@pytest.fixture(scope="session")
+def store_cache(tmp_path_factory) -> str:
+    """One token-store cache for the training tests: the embedded genome is prepared once."""
+    return str(tmp_path_factory.mktemp("stores"))

@@ -5,27 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
-from hydra import compose, initialize_config_module
+from conftest import run_training as run
 
 from dna_mamba.lit.plots import read_metrics
 from dna_mamba.model import load_pretrained
-from dna_mamba.train import run_from_config
 
 TINY = ["model=tiny", "trainer=cpu", "trainer.enable_progress_bar=false", "context=1k",
         "trainer.tokens_per_step=4096", "trainer.micro_batch_tokens=2048", "data.max_val_windows=4"]
-
-
-def run(overrides: list[str]) -> dict:
-    with initialize_config_module(config_module="dna_mamba.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return run_from_config(cfg)
-
-
-@pytest.fixture(scope="module")
-def store_cache(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("stores"))
 
 
 def test_fast_dev_run(tmp_path, store_cache):

@@ -7,27 +7,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
+from conftest import run_training as run
 from safetensors.torch import load_file
 
 from dna_mamba.lit.datamodule import GenomeDataConfig, GenomeDataModule
 from dna_mamba.lit.plots import read_metrics
-from dna_mamba.train import run_from_config
 
 TINY = ["model=tiny", "trainer=cpu", "trainer.enable_progress_bar=false", "context=1k",
         "trainer.tokens_per_step=4096", "trainer.micro_batch_tokens=2048", "data.max_val_windows=4",
         "task.run_baseline=false", "trainer.log_every_n_steps=1"]
-
-
-def run(overrides: list[str]) -> dict:
-    with initialize_config_module(config_module="dna_mamba.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return run_from_config(cfg)
-
-
-@pytest.fixture(scope="module")
-def store_cache(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("stores"))
 
 
 @pytest.mark.parametrize("overrides", [
