@@ -7,6 +7,10 @@ throughput is bases per second of input (both strands count once each with ``--s
     python benchmarks/bench_embed.py                                   # CUDA: 1.4M/7M/40.7M at 1, 4, 16, 63 Mb
     python benchmarks/bench_embed.py --fasta GRCh37_chr20.fa.gz --contig 20   # a real chromosome via pyfaidx
     python benchmarks/bench_embed.py --device cpu --quick              # CPU smoke run (1.4M model, 8 kb)
+    python benchmarks/bench_embed.py --window 1000 --lengths 16e6      # 1-kb windows, batched (the CLI's --window)
+
+With ``--window W`` the length is cut into consecutive W-bp windows, each embedded as its own sequence and
+batched to fill a chunk, as ``dna-mamba embed --window W`` does: the cost of embedding many short regions.
 
 Weights are randomly initialised (``DnaMambaConfig.from_size``): throughput does not depend on them. Tokens are
 uniform random bases unless ``--fasta`` is given. The first run of each model is preceded by an untimed warm-up
@@ -47,9 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     parser.add_argument("--fasta", help="embed a real contig of this FASTA (plain or bgzip) instead of random bases")
     parser.add_argument("--contig", help="the contig of --fasta (default: its longest)")
+    parser.add_argument("--window", type=int, help="embed the length as consecutive windows of this many bases, "
+                        "batched (default: one sequence streamed in chunks)")
     parser.add_argument("--quick", action="store_true", help="one small model, one short length: a smoke run")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.window is not None and args.window < 1:
+        parser.error(f"--window must be positive, got {args.window}")
 
     device = torch.device(args.device)
     sizes = ["1.4m"] if args.quick else args.sizes.split(",")
@@ -62,37 +70,40 @@ def main(argv: list[str] | None = None) -> int:
     layers = layers[0] if len(layers) == 1 else layers
     options = dict(layers=layers, pooling=args.pooling, strands=args.strands, chunk_tokens=chunk,
                    precision=args.precision, progress=False)
+    window = args.window
 
     source = _RealContig(args.fasta, args.contig) if args.fasta else None
     rng = np.random.default_rng(args.seed)
     synthetic = None if source else rng.integers(0, 4, size=max(lengths), dtype=np.uint8)
     label = source.describe() if source else "random bases"
     print(f"# embed throughput: {_device_name(device)}, torch {torch.__version__}, {label}, pooling {args.pooling}, "
-          f"layers {args.layers}, strands {args.strands}, precision {args.precision}")
-    print("| device | model | params | length (bp) | chunk | bp/s | peak GPU GiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          f"layers {args.layers}, strands {args.strands}, precision {args.precision}, "
+          + (f"{window:,}-bp windows, batched" if window else "one sequence"))
+    print("| device | model | params | length (bp) | windows | chunk | bp/s | peak GPU GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for size in sizes:
         torch.manual_seed(args.seed)
         model = DnaMambaLM(DnaMambaConfig.from_size(size)).to(device).eval()
         params = f"{model.num_parameters() / 1e6:.1f}M"
         # Warm-up: Triton compilation and allocator growth are not timed.
-        _embed_once(model, source, synthetic, min(lengths[0], 2 * chunk), options)
+        _embed_once(model, source, synthetic, min(lengths[0], 2 * chunk), window, options)
         for length in lengths:
             if source is not None and length > source.length:
-                print(f"| {device.type} | {size} | {params} | {length:,} | skipped: longer than {source.contig} "
+                print(f"| {device.type} | {size} | {params} | {length:,} | | skipped: longer than {source.contig} "
                       f"({source.length:,} bp) | | |")
                 continue
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
             started = time.perf_counter()
-            _embed_once(model, source, synthetic, length, options)
+            _embed_once(model, source, synthetic, length, window, options)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             elapsed = time.perf_counter() - started
             passes = 2 if args.strands == "both" else 1
             peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}" if device.type == "cuda" else "n/a"
-            print(f"| {device.type} | {size} | {params} | {length:,} | {chunk:,} | "
+            windows = f"{-(-length // window):,} x {window:,}" if window else "one"
+            print(f"| {device.type} | {size} | {params} | {length:,} | {windows} | {chunk:,} | "
                   f"{length * passes / elapsed:,.0f} | {peak} |", flush=True)
         del model
         if device.type == "cuda":
@@ -100,9 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _embed_once(model, source: _RealContig | None, synthetic: np.ndarray | None, length: int, options: dict) -> None:
+def _embed_once(model, source: _RealContig | None, synthetic: np.ndarray | None, length: int, window: int | None,
+                options: dict) -> None:
+    """Embed the first ``length`` bases: as one sequence, or as consecutive ``window``-bp windows (the last shorter)."""
     if source is not None:
-        embed_regions(model, source.fasta, [Region(source.contig, 0, length)], **options)
+        if window:
+            regions = [Region(source.contig, start, min(start + window, length)) for start in range(0, length, window)]
+        else:
+            regions = [Region(source.contig, 0, length)]
+        embed_regions(model, source.fasta, regions, **options)
+    elif window:
+        embed(model, [synthetic[start:min(start + window, length)] for start in range(0, length, window)], **options)
     else:
         embed(model, synthetic[:length], **options)
 
