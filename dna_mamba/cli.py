@@ -46,7 +46,7 @@ def _cmd_export(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from dna_mamba.export import export_checkpoint
 
-    with report_user_errors(args.debug):
+    with report_user_errors(args.debug, memory_advice=None):
         out = export_checkpoint(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} -> {out}")
     return 0
@@ -77,7 +77,7 @@ def _cmd_info(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from dna_mamba.model.io import read_config
 
-    with report_user_errors(args.debug):
+    with report_user_errors(args.debug, memory_advice=None):
         config, metadata = read_config(args.model)
     from dna_mamba.model import DnaMambaLM
 

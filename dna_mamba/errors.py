@@ -10,10 +10,18 @@ import sys
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, KeyError, PermissionError,
                                                  IsADirectoryError, NotADirectoryError)
 
+# What `python -m dna_mamba.train` can lower when a step does not fit.
+TRAINING_MEMORY_ADVICE = ("trainer.segment_len=65536 (segment checkpointing), trainer.activation_checkpointing=true, "
+                          "trainer.piece_tokens=65536, a smaller trainer.micro_batch_tokens, or a shorter context")
+
 
 @contextlib.contextmanager
-def report_user_errors(debug: bool = False):
-    """Turn user errors into ``error: <message>`` on stderr and exit status 1, unless debugging."""
+def report_user_errors(debug: bool = False, memory_advice: str | None = TRAINING_MEMORY_ADVICE):
+    """Turn user errors into ``error: <message>`` on stderr and exit status 1, unless debugging.
+
+    Running out of host or GPU memory is reported the same way, followed by ``memory_advice``: the settings of the
+    command at hand that need less memory (None: the message alone).
+    """
     debug = debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         yield
@@ -27,19 +35,18 @@ def report_user_errors(debug: bool = False):
     except MemoryError:
         if debug:
             raise
-        print("error: out of memory; lower the context, trainer.micro_batch_tokens or the model size",
-              file=sys.stderr)
-        sys.exit(1)
+        _report_out_of_memory("out of memory", memory_advice)
     except RuntimeError as err:
         if debug or not _is_device_out_of_memory(err):
             raise
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"error: GPU out of memory ({first_line}). Lower the memory per step: "
-              "trainer.segment_len=65536 (segment checkpointing), trainer.activation_checkpointing=true, "
-              "trainer.piece_tokens=65536, a smaller trainer.micro_batch_tokens, or a shorter context",
-              file=sys.stderr)
-        print("(run with --debug for the full traceback)", file=sys.stderr)
-        sys.exit(1)
+        _report_out_of_memory(f"GPU out of memory ({first_line})", memory_advice)
+
+
+def _report_out_of_memory(what: str, advice: str | None) -> None:
+    print(f"error: {what}." + (f" Lower the memory needed: {advice}" if advice else ""), file=sys.stderr)
+    print("(run with --debug for the full traceback)", file=sys.stderr)
+    sys.exit(1)
 
 
 def _is_device_out_of_memory(err: BaseException) -> bool:

@@ -317,6 +317,26 @@ def test_cli(model, reference, tmp_path, capsys):
     assert "bad.bed, line 1: unknown contig 'chr9'" in capsys.readouterr().err
 
 
+def test_cli_out_of_memory_names_the_embedding_options(model, reference, tmp_path, monkeypatch, capsys):
+    import dna_mamba.tasks.embed
+    from dna_mamba.tasks.embed_cli import main
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB\nmore detail")
+
+    monkeypatch.setattr(dna_mamba.tasks.embed, "embed_regions", out_of_memory)
+    path, _ = reference
+    model.save_pretrained(tmp_path / "model")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "model"), "--fasta", str(path), "--window", "25", "--out",
+              str(tmp_path / "w.npz"), "--no-progress", "--device", "cpu"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: GPU out of memory (CUDA out of memory. Tried to allocate 4.00 GiB)" in err
+    assert "--chunk-tokens" in err and "--batch-size" in err
+    assert "trainer." not in err and "more detail" not in err
+
+
 def test_cli_takes_negative_layer_lists(model, reference, tmp_path, capsys):
     from dna_mamba.cli import main
 

@@ -165,6 +165,15 @@ def test_gpu_out_of_memory_names_the_settings_to_change(capsys):
         raise torch.OutOfMemoryError("CUDA out of memory")
     with pytest.raises(RuntimeError, match="other"), report_user_errors():
         raise RuntimeError("other")  # not a user error: the traceback stays
+    # Other commands pass their own advice, or none; host memory is reported the same way.
+    with pytest.raises(SystemExit), report_user_errors(memory_advice="a smaller --batch-size"):
+        raise MemoryError()
+    err = capsys.readouterr().err
+    assert "error: out of memory. Lower the memory needed: a smaller --batch-size" in err and "trainer." not in err
+    with pytest.raises(SystemExit), report_user_errors(memory_advice=None):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "error: GPU out of memory (CUDA out of memory)."
 
 
 @pytest.mark.gpu

@@ -66,7 +66,7 @@ def build_prepare_parser() -> argparse.ArgumentParser:
 def prepare_main(argv: Sequence[str] | None = None) -> int:
     """``dna-mamba prepare-species``; returns the exit status."""
     args = build_prepare_parser().parse_args(argv)
-    with report_user_errors(args.debug):
+    with report_user_errors(args.debug, memory_advice=None):
         split = SplitConfig(args.split, args.val_fraction, args.test_fraction)
         manifest = read_manifest(args.manifest, args.data_root)
         dataset = prepare_species(manifest, args.out, split=split, progress=not args.quiet)
@@ -152,7 +152,7 @@ def _parse_ks(text: str) -> list[int]:
 def sweep_main(argv: Sequence[str] | None = None) -> int:
     """``dna-mamba species-sweep``; returns the exit status."""
     args = build_sweep_parser().parse_args(argv)
-    with report_user_errors(args.debug):
+    with report_user_errors(args.debug, memory_advice="a smaller --batch-size, or fewer or shorter --contexts"):
         from pathlib import Path
 
         import torch

@@ -80,10 +80,13 @@ def _attach_negative_lists(argv: list[str]) -> list[str]:
     return attached
 
 
+MEMORY_ADVICE = "a smaller --chunk-tokens (tokens per forward pass, e.g. 65536) or --batch-size"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``dna-mamba embed``; returns the exit status (user errors exit with status 1 and a one-line message)."""
     args = build_parser().parse_args(_attach_negative_lists(sys.argv[1:] if argv is None else list(argv)))
-    with report_user_errors(args.debug):
+    with report_user_errors(args.debug, memory_advice=MEMORY_ADVICE):
         return _run(args)
 
 

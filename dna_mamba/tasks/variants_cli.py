@@ -21,6 +21,8 @@ from pathlib import Path
 from dna_mamba.errors import report_user_errors
 
 _DEFAULTS = dict(window=256, context=8192, batch_size=64, stream_tokens=1 << 21)
+# Out of memory outside the scoring loops (which name the values in use, _memory_advice below).
+MEMORY_ADVICE = "a smaller --batch-size or --context"
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +82,7 @@ def build_score_parser() -> argparse.ArgumentParser:
 def score_vcf_main(argv: list[str] | None = None) -> int:
     """``dna-mamba score-vcf``: score a VCF/BCF or a variant table."""
     args = build_score_parser().parse_args(argv)
-    with report_user_errors(args.debug):
+    with report_user_errors(args.debug, memory_advice=MEMORY_ADVICE):
         return _score(args)
 
 
@@ -191,7 +193,7 @@ def build_mutagenesis_parser() -> argparse.ArgumentParser:
 def mutagenesis_main(argv: list[str] | None = None) -> int:
     """``dna-mamba mutagenesis``: saturation mutagenesis of a region."""
     args = build_mutagenesis_parser().parse_args(argv)
-    with report_user_errors(args.debug):
+    with report_user_errors(args.debug, memory_advice=MEMORY_ADVICE):
         return _mutagenesis(args)
 
 
