@@ -8,15 +8,17 @@ The block is ``dna_mamba.model.mamba.Block`` (d_state 16, d_conv 4, expand 2) un
 residual stream, batch 1, as in a training step. "fused" is the CUDA default (the whole block as one autograd node
 that keeps only its input and runs over pieces of the sequence, ``dna_mamba.model.fused_block``); "step-by-step" is the
 same block with ``block.fused = False`` (the CPU path's op-by-op autograd, on the same Triton kernels). Times are
-medians of CUDA-event-timed iterations after warm-up; peak is ``torch.cuda.max_memory_allocated`` over one
-forward + backward, input, output gradient and parameters included (as the baseline counts it). Baseline:
-mamba_ssm's ``Mamba`` block, BASELINES.md (108 ms / 12.4 GiB at 256, 187 ms / 24.5 GiB at 512).
+medians of CUDA-event-timed iterations after warm-up; "host ms" is the time Python took to issue a step (see
+``time_ms``). Peak is ``torch.cuda.max_memory_allocated`` over one forward + backward, input, output gradient and
+parameters included (as the baseline counts it). Baseline: mamba_ssm's ``Mamba`` block, BASELINES.md (108 ms /
+12.4 GiB at 256, 187 ms / 24.5 GiB at 512).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 
@@ -26,18 +28,26 @@ from dna_mamba.model.mamba import Block
 BASELINE = {256: (108.0, 12.4), 512: (187.0, 24.5)}  # mamba_ssm Mamba block at L 2^20: fwd+bwd ms, peak GiB
 
 
-def time_ms(fn, warmup: int, iters: int) -> float:
+def time_ms(fn, warmup: int, iters: int) -> tuple[float, float]:
+    """Medians of (GPU ms between events around fn, host ms that issuing fn took).
+
+    The host time is the wall time of the call itself, the GPU idle before it: when it comes close to the GPU time,
+    the step is bound by Python and kernel launches, not by the GPU.
+    """
     for _ in range(warmup):
         fn()
-    times = []
+    times, host = [], []
     for _ in range(iters):
+        torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        started = time.perf_counter()
         start.record()
         fn()
         end.record()
+        host.append((time.perf_counter() - started) * 1e3)
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(host)
 
 
 def bench(d_model: int, seqlen: int, fused: bool, warmup: int, iters: int) -> dict:
@@ -62,8 +72,8 @@ def bench(d_model: int, seqlen: int, fused: bool, warmup: int, iters: int) -> di
     step()
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() / 2**30
-    ms = time_ms(step, warmup, iters)
-    return {"ms": ms, "peak": peak}
+    ms, host_ms = time_ms(step, warmup, iters)
+    return {"ms": ms, "host_ms": host_ms, "peak": peak}
 
 
 def profile(d_model: int, seqlen: int, top: int = 24) -> None:
@@ -108,8 +118,9 @@ def main() -> None:
         return
 
     print(f"# one Mamba block, fwd + bwd: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16 autocast")
-    print("| d_model | L | path | fwd+bwd ms | tokens/s | peak GiB | mamba_ssm ms / GiB | speed-up | memory ratio |")
-    print("| ---: | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: |")
+    print("| d_model | L | path | fwd+bwd ms | host ms | tokens/s | peak GiB | mamba_ssm ms / GiB | speed-up | "
+          "memory ratio |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
     for d_model in args.d_models:
         for path in [*args.piece_tokens, "step-by-step"]:
             fused = path != "step-by-step"
@@ -121,7 +132,7 @@ def main() -> None:
             mem = f"{r['peak'] / base[1]:.2f}" if base else "-"
             base_txt = f"{base[0]:.0f} / {base[1]}" if base else "-"
             label = f"fused, pieces of {path:,}" if fused else path
-            print(f"| {d_model} | {args.seqlen:,} | {label} | {r['ms']:.1f} | "
+            print(f"| {d_model} | {args.seqlen:,} | {label} | {r['ms']:.1f} | {r['host_ms']:.1f} | "
                   f"{args.seqlen / r['ms'] * 1e3 / 1e6:.2f} M | {r['peak']:.2f} | {base_txt} | {ratio} | {mem} |",
                   flush=True)
             torch.cuda.empty_cache()
