@@ -20,7 +20,9 @@ class ResumePoint:
 
     path: str
     global_step: int
-    data: dict | None  # the data identity it trained on (GenomeDataConfig.identity()); None for other runs
+    # The data identity it trained on (GenomeDataConfig.identity(), or a species run's SpeciesDataset.identity()
+    # and context); None for checkpoints that recorded none
+    data: dict | None
 
 
 def find_resume_point(resume: str | None, out_dir: Path) -> ResumePoint | None:

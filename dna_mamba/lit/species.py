@@ -225,6 +225,9 @@ class SpeciesDataModule(L.LightningDataModule):
                  seed: int = 0, rc_prob: float = 0.5, max_n_fraction: float = 0.1, val_windows_per_class: int = 32,
                  test_windows_per_class: int = 256, test_stride: int | None = None, num_workers: int = 0):
         super().__init__()
+        # Saved in every checkpoint (datamodule_hyper_parameters), so that a resume can tell whose data it holds; the
+        # context belongs to it, as every window and the test set are cut at that length.
+        self.save_hyperparameters({"data": {**dataset.identity(), "context": seq_len}})
         self.dataset = dataset
         self.seq_len = seq_len
         self.micro_batch_size = micro_batch_size

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from dna_mamba.export import load_model_source
 from dna_mamba.lit.callbacks import EpochSeeder
 from dna_mamba.lit.pretrain import OptimConfig
-from dna_mamba.lit.resume import find_resume_point
+from dna_mamba.lit.resume import check_same_data, find_resume_point
 from dna_mamba.lit.runner import (
     TrainerConfig,
     build_trainer,
@@ -168,6 +168,9 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
         rc_prob=task.rc_prob, max_n_fraction=task.max_n_fraction, val_windows_per_class=task.val_windows_per_class,
         test_windows_per_class=task.test_windows_per_class, test_stride=task.test_stride_at(seq_len),
         num_workers=task.num_workers)
+    if resume_point is not None:
+        # A checkpoint of older code recorded no data identity; check_same_data lets it resume unchecked.
+        check_same_data(resume_point, datamodule.hparams["data"])
     datamodule.setup("fit")  # plans every window now: a context some class cannot fill fails before training
 
     optim = replace(optim or OptimConfig(), lr=task.lr)

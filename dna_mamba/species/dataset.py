@@ -249,6 +249,21 @@ class SpeciesDataset:
             totals[genome.label] += sum(s.length for s in genome.segments[part])
         return totals
 
+    def identity(self) -> dict:
+        """What makes two runs train and evaluate on the same sequence: the classes (their order is the head's),
+        each genome's class and FASTA file, the split settings, and a digest of the segments they gave.
+
+        The digest also tells a changed split column of the manifest, a contig split under another seed, or FASTA
+        contigs of other lengths apart. The dataset's directory is left out: a moved prepared dataset, or the same
+        manifest prepared anew, holds the same data.
+        """
+        segments = [{p: [[s.contig, s.start, s.end] for s in g.segments[p]] for p in PARTS} for g in self.genomes]
+        return {"classes": list(self.classes),
+                "genomes": [f"{g.label}: {g.fasta}" for g in self.genomes],
+                "split": self.split["method"], "val_fraction": self.split["val_fraction"],
+                "test_fraction": self.split["test_fraction"],
+                "segments": hashlib.sha256(json.dumps(segments).encode()).hexdigest()[:16]}
+
     def train_regions(self, window: int) -> list[list[tuple[int, str, int, int]]]:
         """Per class, ``(genome, contig, first start, last start)`` of every training segment a window fits in.
 
