@@ -1,8 +1,11 @@
 """What a user sees around a training run: GPU settings on a CPU, a run cut short by its time limit, resuming."""
 
 import os
+import re
 import subprocess
 import sys
+import time
+import warnings
 
 import numpy as np
 import pytest
@@ -10,8 +13,10 @@ import torch
 from conftest import run_training as run
 from safetensors.torch import load_file
 
+from dna_mamba.lit import datamodule as datamodule_module
 from dna_mamba.lit.datamodule import GenomeDataConfig, GenomeDataModule
 from dna_mamba.lit.plots import read_metrics
+from dna_mamba.lit.runner import format_seconds
 
 TINY = ["model=tiny", "trainer=cpu", "trainer.enable_progress_bar=false", "context=1k",
         "trainer.tokens_per_step=4096", "trainer.micro_batch_tokens=2048", "data.max_val_windows=4",
@@ -63,6 +68,46 @@ def test_time_limit_stop_is_reported_checkpointed_and_resumable(tmp_path, store_
     assert resumed["global_step"] == steps + 3 and "stopped_early" not in resumed
     logged = [step for step, _ in read_metrics(tmp_path / "logs" / "metrics.csv")["train/loss"]]
     assert logged == list(range(steps + 3))
+
+
+def test_summary_reports_data_preparation_apart_from_training(tmp_path, store_cache, monkeypatch, capsys):
+    # Opening or building a token store "takes" 1,000 s: the clock jumps while cached_store runs, so the test
+    # does not depend on how fast this machine is. fit calls it (prepare_data, setup) before the first step.
+    jump = {"seconds": 0.0}
+    real_clock, real_store = time.perf_counter, datamodule_module.cached_store
+
+    def slow_store(*args, **kwargs):
+        jump["seconds"] += 1000.0
+        return real_store(*args, **kwargs)
+
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + jump["seconds"])
+    monkeypatch.setattr(datamodule_module, "cached_store", slow_store)
+    summary = run([*TINY, f"out_dir={tmp_path}", f"data.cache_dir={store_cache}", "trainer.max_steps=2",
+                   "task.export=false"])
+    assert summary["data_seconds"] >= 1000 and summary["train_seconds"] < 1000
+    out = capsys.readouterr().out
+    assert re.search(r"data preparation time +\d+ min \d\d s\n", out)
+    assert re.search(r"training time +\d+\.\d s\n", out)
+
+
+def test_durations_read_as_seconds_minutes_or_hours():
+    assert [format_seconds(s) for s in (0.04, 9.96, 12.3, 59.6, 250, 3599.4, 7500)] == [
+        "0.0 s", "10 s", "12 s", "1 min 00 s", "4 min 10 s", "59 min 59 s", "2 h 05 min"]
+
+
+@pytest.mark.parametrize("first, then", [("00:01:00:00", "null"), ("null", "00:01:00:00")])
+def test_resume_with_another_time_limit_is_quiet(first, then, tmp_path, store_cache):
+    base = [*TINY, f"out_dir={tmp_path}", f"data.cache_dir={store_cache}", "task.export=false"]
+    run([*base, "trainer.max_steps=1", f"trainer.max_time={first}"])
+    # Capped or not, a run keeps time, so a cap set on resume covers the earlier parts too.
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["callbacks"]["Timer"]["time_elapsed"]["train"] > 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = run([*base, "trainer.max_steps=2", f"trainer.max_time={then}", "resume=auto"])
+    assert resumed["global_step"] == 2 and "stopped_early" not in resumed
+    # Lightning asks for a Timer callback when the checkpoint holds a Timer's state and the resumed run has none.
+    assert not [w for w in caught if "callbacks used to create the checkpoint" in str(w.message)]
 
 
 def test_resume_refuses_a_checkpoint_of_other_data(tmp_path, store_cache):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -87,14 +88,19 @@ class GenomeDataModule(L.LightningDataModule):
         self.progress = progress
         self.datasets: dict[str, WindowDataset] = {}
         self.split: Split | None = None
+        # Seconds this process spent in prepare_data and setup (building or opening the stores, planning windows):
+        # Lightning calls both inside fit, and the run's summary reports them apart from the training time.
+        self.prepare_seconds = 0.0
 
     def prepare_data(self) -> None:
         # Builds (or reuses) the token stores once, on one process: one store per file list, exactly the stores
         # that setup() opens (a store is keyed by its whole list of files).
+        start = time.perf_counter()
         cfg = self.config
         for paths in (cfg.fasta, cfg.val_fasta):
             if paths:
                 cached_store(cfg.resolved_fasta(paths), cache_dir=cfg.cache_dir, progress=self.progress)
+        self.prepare_seconds += time.perf_counter() - start
 
     def _store(self, paths: list[Path]) -> GenomeStore:
         return cached_store(paths, cache_dir=self.config.cache_dir, progress=False)
@@ -102,6 +108,11 @@ class GenomeDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        start = time.perf_counter()
+        self._plan_datasets()
+        self.prepare_seconds += time.perf_counter() - start
+
+    def _plan_datasets(self) -> None:
         cfg = self.config
         store = self._store(cfg.resolved_fasta(cfg.fasta))
         if cfg.split == "fraction":

@@ -111,8 +111,14 @@ def run_loggers(out_dir: Path, resume_step: int | None = None) -> list:
 def build_trainer(config: TrainerConfig, out_dir: Path, accumulate_grad_batches: int, callbacks: list,
                   resume_step: int | None = None, **overrides) -> L.Trainer:
     """A Lightning Trainer with what every run of ours shares (devices, precision, clipping, logging, atomic
-    checkpoint writes); ``resume_step``: the step a resumed run continues from; ``overrides`` are the caller's own
-    Trainer options and win."""
+    checkpoint writes, a Timer); ``resume_step``: the step a resumed run continues from; ``overrides`` are the
+    caller's own Trainer options and win."""
+    if not any(isinstance(c, Timer) for c in callbacks):
+        # Every run has a Timer, not only those with a trainer.max_time (Lightning adds one for max_time alone): a
+        # checkpoint holds the state of each callback, and Lightning warns on resume about any whose callback is
+        # missing, so resuming a capped run with max_time=null would ask for a Timer. With duration None it only
+        # counts time, so the cap of a later resume still covers every part of the run.
+        callbacks = [*callbacks, Timer(duration=config.max_time, interval="step")]
     options = dict(
         default_root_dir=out_dir,
         accelerator=config.accelerator,
@@ -120,7 +126,6 @@ def build_trainer(config: TrainerConfig, out_dir: Path, accumulate_grad_batches:
         strategy=config.strategy,
         precision=config.precision,
         max_steps=config.max_steps,
-        max_time=config.max_time,
         log_every_n_steps=config.log_every_n_steps,
         gradient_clip_val=config.gradient_clip_val,
         accumulate_grad_batches=accumulate_grad_batches,
@@ -231,7 +236,9 @@ def run_pretraining(
     )
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_point.path if resume_point else None)
-    train_seconds = time.perf_counter() - start
+    fit_seconds = time.perf_counter() - start
+    # fit prepares the data first (the token store is built from FASTA on first use): that time is not training.
+    data_seconds = datamodule.prepare_seconds
 
     summary: dict = {
         "parameters": n_params,
@@ -239,7 +246,8 @@ def run_pretraining(
         "tokens_per_step": plan.effective_tokens_per_step,
         "global_step": trainer.global_step,
         "planned_steps": trainer_config.max_steps,
-        "train_seconds": round(train_seconds, 1),
+        "data_seconds": round(data_seconds, 1),
+        "train_seconds": round(fit_seconds - data_seconds, 1),
     }
     if trainer_config.fast_dev_run:
         return summary
@@ -297,7 +305,8 @@ def _print_summary(summary: dict) -> None:
         steps += f" ({summary['stopped_early']})"
     rows += [
         ("optimizer steps", steps),
-        ("training time", f"{summary['train_seconds']:.0f} s"),
+        ("data preparation time", format_seconds(summary["data_seconds"])),
+        ("training time", format_seconds(summary["train_seconds"])),
     ]
     if "model_dir" in summary:
         rows.append(("exported model", summary["model_dir"]))
@@ -305,3 +314,15 @@ def _print_summary(summary: dict) -> None:
         rows.append(("training curves", summary["curves_png"]))
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+
+
+def format_seconds(seconds: float) -> str:
+    """A duration as people read it: ``0.4 s``, ``12 s``, ``4 min 10 s``, ``2 h 05 min``."""
+    if round(seconds, 1) < 10:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60:02d} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
