@@ -6,6 +6,7 @@ on two cores; it checks the plumbing and the files a run writes, not accuracy.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import re
@@ -142,17 +143,30 @@ def test_resume_refuses_a_checkpoint_of_other_species_data(sweep: Path, slices: 
         run_from_config(hydra_cfg([*base, f"task.manifest={unmarked}", "task.split=region", *manifest]))
     assert torch.load(ckpt, weights_only=False)["global_step"] == 1  # refused before anything was written
     # Another manifest of the same genomes and split, prepared into another folder, is the same data: the run goes on.
-    # (More than 1, not 3: resuming from a last.ckpt written at an epoch's end skips the next epoch, a Lightning
-    # 2.6 restart quirk that this test does not pin down.)
     assert run_from_config(hydra_cfg([*base, f"task.manifest={unmarked}", "task.epochs=3", *manifest]))[
-        "global_step"] > 1
+        "global_step"] == 3
     # A checkpoint of older code records no data and still resumes.
     state = torch.load(ckpt, weights_only=False)
     del state["datamodule_hyper_parameters"]
     torch.save(state, ckpt)
-    step = state["global_step"]
     assert run_from_config(hydra_cfg([*base, prepared, "context.seq_len=128", "task.epochs=5", "resume=auto"]))[
-        "global_step"] > step
+        "global_step"] == 5
+
+
+def test_resume_trains_exactly_the_remaining_epochs(sweep: Path, tmp_path: Path) -> None:
+    # A finished run given more epochs trains each of them once. (Lightning 2.6 restarts from the end of an epoch
+    # with the next epoch already spent when the trainer counts steps too: 1 epoch, then 3, ended at 4 of 6 steps.)
+    base = [*TINY, f"task.prepared={sweep / 'dataset'}", "task.export=false", "trainer.log_every_n_steps=1",
+            f"out_dir={tmp_path}"]
+    assert run_from_config(hydra_cfg(base))["global_step"] == 2
+    resumed = run_from_config(hydra_cfg([*base, "task.epochs=3", "resume=auto"]))
+    assert resumed["global_step"] == resumed["planned_steps"] == 6 and resumed["stopped_early"] is None
+    assert run_from_config(hydra_cfg([*base, "task.epochs=4", "resume=auto"]))["global_step"] == 8
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
+    with open(tmp_path / "logs" / "metrics.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["train/loss"]]
+    # Every step once, in its epoch: each epoch draws its own training windows (EpochSeeder).
+    assert [(int(row["step"]), int(row["epoch"])) for row in rows] == [(step, step // 2) for step in range(8)]
 
 
 def test_species_configs_compose_and_build() -> None:

@@ -7,13 +7,16 @@ import sys
 import time
 import warnings
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from conftest import run_training as run
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Dataset
 
 from dna_mamba.lit import datamodule as datamodule_module
+from dna_mamba.lit.callbacks import EpochSeeder, LastCheckpoint
 from dna_mamba.lit.datamodule import GenomeDataConfig, GenomeDataModule
 from dna_mamba.lit.plots import read_metrics
 from dna_mamba.lit.runner import format_seconds
@@ -180,3 +183,102 @@ def test_init_from_a_bad_source_is_one_clear_error(tmp_path, store_cache):
     run([*base, f"out_dir={tmp_path / 'small'}", "model=small"])
     with pytest.raises(ValueError, match=r"small/model.*weights do not match the model config; wrong shape"):
         run([*base, f"out_dir={tmp_path / 'b'}", f"init_from={tmp_path / 'small' / 'model'}"])
+
+
+class _Draws(Dataset):
+    """8 items, each telling the epoch its draw was made for (EpochSeeder sets it)."""
+
+    def __init__(self):
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([float(self.epoch), float(index)])
+
+
+class _Draw(L.LightningDataModule):
+    def __init__(self):
+        super().__init__()
+        self.datasets = {"train": _Draws()}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.datasets["train"], batch_size=2)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(torch.zeros(2, 2), batch_size=2)
+
+
+class _Recorder(L.LightningModule):
+    """Records every training batch as (epoch of the draw, trainer epoch, batch index, optimizer step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.seen: list[tuple[int, int, int, int]] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append((int(batch[0, 0]), self.current_epoch, batch_idx, self.global_step))
+        return self.layer(batch).sum()
+
+    def validation_step(self, batch, batch_idx) -> None:
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class _StopAt(L.Callback):
+    """Stops the run after the batch that reaches ``step``, as trainer.max_time's Timer does."""
+
+    def __init__(self, step: int | None):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.step is not None and trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def _fit_parts(out, counts: str, parts: list[tuple[int, int | None]], validate: bool) -> tuple[list, int]:
+    """Trains ``parts`` one after the other, each resuming from the last one's last.ckpt: (epochs planned, optimizer
+    step to stop at). 4 batches of 2 per epoch, 2 accumulated per step, so 2 steps per epoch."""
+    seen, ckpt = [], None
+    for epochs, stop_at in parts:
+        module = _Recorder()
+        limits = {"max_epochs": epochs, "max_steps": -1} if counts == "epochs" else {"max_steps": 2 * epochs}
+        trainer = L.Trainer(accelerator="cpu", accumulate_grad_batches=2, num_sanity_val_steps=0, logger=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=out,
+                            limit_val_batches=None if validate else 0, **limits,
+                            callbacks=[_StopAt(stop_at), EpochSeeder(), LastCheckpoint(out / "last.ckpt")])
+        trainer.fit(module, datamodule=_Draw(), ckpt_path=ckpt)
+        seen += module.seen
+        ckpt = out / "last.ckpt"
+    return seen, trainer.global_step
+
+
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize("counts, parts", [
+    ("epochs", [(1, None), (2, None), (4, None)]),  # a finished run given more epochs, twice
+    ("epochs", [(4, 3), (4, 5), (4, None)]),  # stopped mid-epoch (by a time limit), twice
+    ("epochs", [(4, 2), (4, None)]),  # stopped on an epoch's last batch
+    ("steps", [(1, None), (2, None), (4, None)]),  # more steps, from the end of an epoch
+    ("steps", [(4, 3), (4, None)]),  # stopped mid-epoch
+])
+def test_last_checkpoint_resumes_where_the_run_left_off(tmp_path, counts, parts, validate):
+    # Lightning (2.6) restarts from loop counters that differ with where a checkpoint was saved: a resumed run must
+    # train the batches, epochs and draws of the uninterrupted run (a Lightning that restarts otherwise fails here).
+    uninterrupted, steps = _fit_parts(tmp_path / "whole", counts, [parts[-1]], validate)
+    resumed, resumed_steps = _fit_parts(tmp_path / "parts", counts, parts, validate)
+    assert steps == resumed_steps == 8
+    assert resumed == uninterrupted
+
+
+def test_last_checkpoint_refuses_a_trainer_counting_epochs_and_steps(tmp_path):
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, max_steps=4, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[LastCheckpoint(tmp_path / "last.ckpt")])
+    with pytest.raises(ValueError, match="counts epochs or steps, not both"):
+        trainer.fit(_Recorder(), datamodule=_Draw())

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 
 from dna_mamba.export import export_checkpoint, load_model_source
-from dna_mamba.lit.callbacks import EpochSeeder, ThroughputMonitor
+from dna_mamba.lit.callbacks import EpochSeeder, LastCheckpoint, ThroughputMonitor
 from dna_mamba.lit.checkpoint_io import AtomicCheckpointIO
 from dna_mamba.lit.datamodule import GenomeDataConfig, GenomeDataModule
 from dna_mamba.lit.plots import plot_training_curves
@@ -141,11 +141,11 @@ def build_trainer(config: TrainerConfig, out_dir: Path, accumulate_grad_batches:
     return L.Trainer(**(options | overrides))
 
 
-def save_last_checkpoint(trainer: L.Trainer, out_dir: Path) -> None:
-    """``last.ckpt`` at the state fit ended in: ModelCheckpoint saves only every n steps, so a run stopped by
-    ``trainer.max_time`` (or ending between those steps) would otherwise resume from an earlier step than it
-    exported. Every rank calls it (a sharded save gathers); the checkpoint IO writes atomically."""
-    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+def last_checkpoint(out_dir: Path, every_n_steps: int | None = None, every_epoch: bool = False) -> LastCheckpoint:
+    """The callback that keeps ``out_dir/checkpoints/last.ckpt``, what ``resume=auto`` reads and users export: saved
+    periodically and where training ends, so that it holds the exported weights and a resume follows the plan
+    exactly. The checkpoint IO writes it atomically."""
+    return LastCheckpoint(out_dir / "checkpoints" / "last.ckpt", every_n_steps=every_n_steps, every_epoch=every_epoch)
 
 
 def early_stop_note(trainer: L.Trainer, planned_steps: int, max_time: str | None) -> str | None:
@@ -211,19 +211,21 @@ def run_pretraining(
     if init_from:
         load_initial_weights(module, init_from)
 
-    checkpoint = ModelCheckpoint(
+    # The best validation's checkpoint. last.ckpt is LastCheckpoint's alone: ModelCheckpoint's (save_last) waits for the
+    # first validation, and a run that never saved one gets it at fit's end, a state that does not resume exactly.
+    best = ModelCheckpoint(
         dirpath=out_dir / "checkpoints",
         filename="step{step:07d}",
         auto_insert_metric_name=False,
-        save_last=True,
         every_n_train_steps=trainer_config.checkpoint_every_n_steps,
         save_top_k=1,
         monitor="val/bits_per_base",
         mode="min",
     )
+    last = last_checkpoint(out_dir, every_n_steps=trainer_config.checkpoint_every_n_steps)
     trainer = build_trainer(
         trainer_config, out_dir, plan.accumulate_grad_batches,
-        callbacks=[checkpoint, EpochSeeder(), ThroughputMonitor(every_n_steps=trainer_config.log_every_n_steps),
+        callbacks=[best, last, EpochSeeder(), ThroughputMonitor(every_n_steps=trainer_config.log_every_n_steps),
                    LearningRateMonitor(logging_interval="step")],
         resume_step=resume_point.global_step if resume_point else None,
         val_check_interval=trainer_config.val_check_interval, check_val_every_n_epoch=None,
@@ -251,7 +253,6 @@ def run_pretraining(
     }
     if trainer_config.fast_dev_run:
         return summary
-    save_last_checkpoint(trainer, out_dir)
     note = early_stop_note(trainer, trainer_config.max_steps, trainer_config.max_time)
     if note:
         summary["stopped_early"] = note
@@ -281,7 +282,7 @@ def run_pretraining(
             metadata = {"val_bits_per_base": summary["val_bits_per_base"], "global_step": trainer.global_step,
                         "data": asdict(data_config), "seq_len": plan.seq_len}
             if sharded:
-                model_dir = export_checkpoint(checkpoint.last_model_path, out_dir / "model", metadata)
+                model_dir = export_checkpoint(last.path, out_dir / "model", metadata)
             else:
                 module.model.float()
                 model_dir = save_pretrained(module.model, out_dir / "model", extra_metadata=metadata)

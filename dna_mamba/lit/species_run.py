@@ -17,7 +17,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dna_mamba.export import load_model_source
 from dna_mamba.lit.callbacks import EpochSeeder
@@ -27,9 +26,9 @@ from dna_mamba.lit.runner import (
     TrainerConfig,
     build_trainer,
     early_stop_note,
+    last_checkpoint,
     load_initial_weights,
     require_accelerator,
-    save_last_checkpoint,
 )
 from dna_mamba.lit.species import SpeciesDataModule, SpeciesModule, SpeciesTaskConfig
 from dna_mamba.model import DnaMambaConfig, fused_block
@@ -133,8 +132,8 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
     Args:
         task: data, head, schedule and evaluation settings.
         model_config: backbone sizes when starting from scratch (ignored with ``init_from``).
-        trainer_config: accelerator, precision, output directory (``max_steps`` is replaced by
-            ``task.epochs * task.steps_per_epoch``).
+        trainer_config: accelerator, precision, output directory (``max_steps`` is ignored: the run is
+            ``task.epochs`` epochs of ``task.steps_per_epoch`` steps).
         seq_len: context length of every window.
         micro_batch_tokens: tokens per forward pass, giving windows per micro-batch unless
             ``task.micro_batch_size`` is set.
@@ -184,11 +183,11 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
     has_val = len(datamodule.datasets["val"]) > 0
     trainer = build_trainer(
         trainer_config, out_dir, plan.accumulate_grad_batches,
-        callbacks=[ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:02d}",
-                                   auto_insert_metric_name=False, save_last=True, save_top_k=0),
-                   EpochSeeder()],
+        callbacks=[last_checkpoint(out_dir, every_epoch=True), EpochSeeder()],
         resume_step=resume_point.global_step if resume_point else None,
-        max_epochs=task.epochs, max_steps=task.epochs * task.steps_per_epoch, num_sanity_val_steps=0,
+        # Counted in epochs alone (their steps follow from the dataset's length): a trainer that also counts max_steps
+        # resumes from an epoch's end without the next epoch (see LastCheckpoint).
+        max_epochs=task.epochs, max_steps=-1, num_sanity_val_steps=0,
         limit_val_batches=trainer_config.limit_val_batches if has_val else 0,
     )
     print(f"species: {dataset.num_classes} classes ({', '.join(dataset.classes)}); split {dataset.split['method']}; "
@@ -200,7 +199,6 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_point.path if resume_point else None)
     train_seconds = time.perf_counter() - start
-    save_last_checkpoint(trainer, out_dir)
     planned_steps = task.epochs * task.steps_per_epoch
     trainer.test(module, datamodule=datamodule, verbose=False)
 
