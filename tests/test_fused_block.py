@@ -116,6 +116,46 @@ def test_fused_block_with_frozen_parameters_and_input(monkeypatch, frozen):
             torch.testing.assert_close(grads[0][name], grad, rtol=5e-4, atol=5e-5, msg=name)
 
 
+def test_fused_block_with_a_carried_state_that_wants_no_gradient(monkeypatch):
+    """A detached carried state (truncated backpropagation across chunks): it still shapes the outputs and the
+    parameter gradients of every piece, and gets no gradient itself."""
+    calls = _count_pieces(monkeypatch, 16)
+    block = _block()
+    cfg = block.mixer.config
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 29, cfg.d_model, generator=g)
+    state = LayerState(torch.randn(2, cfg.d_inner, cfg.d_conv - 1, generator=g),
+                       torch.randn(2, cfg.d_inner, cfg.d_state, generator=g))
+    dout = torch.randn(2, 29, cfg.d_model, generator=g)
+    grads = []
+    for fused in (True, False):
+        block.fused = fused
+        block.zero_grad(set_to_none=True)
+        out, _ = block(x, state, return_state=True)
+        (out * dout).sum().backward()
+        grads.append({name: p.grad for name, p in block.named_parameters()})
+    assert len(calls) == 4  # pieces of 8 steps at batch 2
+    assert state.conv.grad is None and state.ssm.grad is None
+    for name, grad in grads[1].items():
+        torch.testing.assert_close(grads[0][name], grad, rtol=5e-4, atol=5e-5, msg=name)
+
+
+@pytest.mark.parametrize("which", ["conv", "ssm"])
+def test_fused_block_refuses_a_state_of_the_wrong_shape(which):
+    block = _block()
+    block.fused = True
+    cfg = block.mixer.config
+    x = torch.randn(2, 10, cfg.d_model)
+    conv = torch.zeros(2, cfg.d_inner, cfg.d_conv - 1)
+    ssm = torch.zeros(2, cfg.d_inner, cfg.d_state)
+    if which == "conv":
+        conv = torch.zeros(2, cfg.d_inner, cfg.d_conv)
+    else:
+        ssm = torch.zeros(1, cfg.d_inner, cfg.d_state)
+    with pytest.raises(ValueError, match=f"{which}_state must be .* got"):
+        block(x, LayerState(conv, ssm))
+
+
 def test_fused_block_saves_only_its_input():
     """The point of the node: of the per-position tensors only the block input x is kept for the backward."""
     block = _block(d_model=16)

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from dna_mamba.kernels import causal_conv1d
+from dna_mamba.kernels.causal_conv1d.interface import causal_conv1d_backward, causal_conv1d_forward
 from dna_mamba.kernels.rmsnorm.interface import rms_norm_backward, rms_norm_forward
-from dna_mamba.kernels.selective_scan.interface import scan_backward, scan_forward
+from dna_mamba.kernels.selective_scan.interface import ScanParams, prepare_params, scan_backward, scan_forward
 
 # Both passes run over pieces of about this many tokens (batch x steps): the working tensors (xz, u, delta, the
 # scan's gradients and buffers) are a piece's size rather than the sequence's. None: one piece.
@@ -44,9 +45,8 @@ def pre_scan(x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_stat
              conv_backend: str = "triton"):
     """The conv input x (B, d_inner, L) -> (u, delta, B, C, conv_final): what the scan reads besides z, in x's dtype.
 
-    Weights are cast to x's dtype explicitly (what autocast does) and autocast is off, so the backward's
-    recomputation is the same arithmetic as the forward's whatever autocast state each runs under. The
-    step-by-step path (``MambaMixer``) calls this too, with ``conv_backend="auto"``.
+    The step-by-step path's (``MambaMixer``, through autograd); the fused node runs the same operations in
+    ``_mixer_inputs``. Weights are cast to x's dtype explicitly (what autocast does) and autocast is off.
     """
     with torch.autocast(x.device.type, enabled=False):
         u, conv_final = causal_conv1d(
@@ -94,12 +94,54 @@ def _norm(x, norm_weight, spec: _Spec):
     return rms_norm_forward(x, norm_weight, spec.eps, spec.dtype)
 
 
-def _leaf(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.detach().requires_grad_(t.requires_grad)
-
-
 def _add(total: torch.Tensor | None, part: torch.Tensor | None) -> torch.Tensor | None:
     return part if total is None else total if part is None else total + part
+
+
+@dataclass
+class _Weights:
+    """The node's parameters, with what every piece reads prepared once per call rather than once per piece: the
+    GEMM weights in the compute dtype and the scan's per-channel parameters in its kernels' form. (On a slow host
+    each piece's casts and small buffers cost about a millisecond of Python and launches, which decided the speed
+    of short pieces.)"""
+
+    norm: torch.Tensor
+    conv: torch.Tensor
+    conv_bias: torch.Tensor | None
+    in_proj: torch.Tensor  # (2 * d_inner, d_model), compute dtype
+    in_bias: torch.Tensor | None
+    x_proj: torch.Tensor  # (dt_rank + 2N, d_inner), compute dtype
+    dt_proj: torch.Tensor  # (d_inner, dt_rank), compute dtype
+    out_proj: torch.Tensor  # (d_model, d_inner), compute dtype
+    out_bias: torch.Tensor | None
+    dt_bias: torch.Tensor
+    A: torch.Tensor
+    D: torch.Tensor
+    scan: ScanParams
+
+    @classmethod
+    def prepare(cls, spec: _Spec, norm, conv, conv_bias, in_proj, in_bias, x_proj, dt_proj, out_proj, out_bias,
+                dt_bias, A, D) -> _Weights:
+        def cast(t):
+            return None if t is None else t.detach().to(spec.dtype)
+
+        return cls(norm.detach(), conv.detach(), None if conv_bias is None else conv_bias.detach(), cast(in_proj),
+                   cast(in_bias), cast(x_proj), cast(dt_proj), cast(out_proj), cast(out_bias), dt_bias.detach(),
+                   A.detach(), D.detach(), prepare_params(A.detach(), D.detach(), dt_bias.detach()))
+
+
+def _mixer_inputs(x_piece, w: _Weights, spec: _Spec, conv_in):
+    """A piece of the block input -> what the scan reads: (h, rstd, conv_x, z, u, dt_low, delta, B, C, conv_final).
+
+    RMSNorm, in_proj, the conv and x_proj / dt_proj, with autocast off: the backward's recomputation is then the
+    same arithmetic as the forward's whatever autocast state each runs under.
+    """
+    h, rstd = _norm(x_piece, w.norm, spec)  # (B, l, d_model), (B * l,)
+    xz = F.linear(h, w.in_proj, w.in_bias)  # (B, l, 2 * d_inner)
+    conv_x, z = split_xz(xz)  # (B, d_inner, l) each
+    u, conv_final = causal_conv1d_forward(conv_x, w.conv, w.conv_bias, conv_in, True, True)  # (B, d_inner, l)
+    dt_low, delta, b, c = _project(u, w.x_proj, w.dt_proj, spec.dt_rank, spec.d_state)
+    return h, rstd, conv_x, z, u, dt_low, delta, b, c, conv_final
 
 
 class _MambaBlockFn(torch.autograd.Function):
@@ -107,9 +149,8 @@ class _MambaBlockFn(torch.autograd.Function):
     def forward(ctx, x, norm_weight, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
                 dt_bias, A, D, out_weight, out_bias, conv_state, ssm_state, spec: _Spec):
         batch, seqlen, d_model = x.shape
-        in_weight_c, out_weight_c = in_weight.to(spec.dtype), out_weight.to(spec.dtype)
-        in_bias_c = None if in_bias is None else in_bias.to(spec.dtype)
-        out_bias_c = None if out_bias is None else out_bias.to(spec.dtype)
+        w = _Weights.prepare(spec, norm_weight, conv_weight, conv_bias, in_weight, in_bias, x_proj_weight,
+                             dt_proj_weight, out_weight, out_bias, dt_bias, A, D)
         # Block._add's dtype: an fp32 residual sum, or x's dtype promoted with the mixer's.
         out_dtype = torch.float32 if spec.residual_in_fp32 else torch.promote_types(x.dtype, spec.dtype)
         out = x.new_empty(batch, seqlen, d_model, dtype=out_dtype)
@@ -118,14 +159,11 @@ class _MambaBlockFn(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             for t0, t1 in _pieces(batch, seqlen):
                 x_piece = x[:, t0:t1]
-                xz = F.linear(_norm(x_piece, norm_weight, spec)[0], in_weight_c, in_bias_c)  # (B, l, 2 * d_inner)
-                conv_x, z = split_xz(xz)  # (B, d_inner, l) each
-                u, delta, b, c, conv_final = pre_scan(
-                    conv_x, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, conv_in, spec.dt_rank, spec.d_state
-                )
-                y, ssm_final, states, cfg = scan_forward(u, delta, A, b, c, D, z, dt_bias, ssm_in, True)
-                del xz, conv_x, z, u, delta, b, c
-                mixed = F.linear(y.transpose(1, 2), out_weight_c, out_bias_c)  # (B, l, d_model)
+                _, _, _, z, u, _, delta, b, c, conv_final = _mixer_inputs(x_piece, w, spec, conv_in)
+                y, ssm_final, states, cfg = scan_forward(u, delta, w.A, b, c, w.D, z, w.dt_bias, ssm_in, True,
+                                                         params=w.scan)
+                del z, u, delta, b, c
+                mixed = F.linear(y.transpose(1, 2), w.out_proj, w.out_bias)  # (B, l, d_model)
                 del y
                 # Written in place: no piece-sized temporaries for the sum or its copy into `out`. (addmm with x as
                 # its input would first copy x into `out`, then read it back: more traffic, measured no faster.)
@@ -140,163 +178,125 @@ class _MambaBlockFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dconv_final, dssm_final):
+        saved = ctx.saved_tensors
         (x, norm_weight, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D,
-         out_weight, out_bias, conv_state, ssm_state) = ctx.saved_tensors
+         out_weight, out_bias, conv_state, ssm_state) = saved
         spec = ctx.spec
-        in_weight_c, out_weight_c = in_weight.to(spec.dtype), out_weight.to(spec.dtype)
-        in_bias_c = None if in_bias is None else in_bias.to(spec.dtype)
-        # Leaves of the recomputation, shared by the pieces; None stays None (no bias). in_proj and out_proj are
-        # differentiated by hand (_backward_piece): autograd through in_proj would concatenate the conv's and the gate's
-        # gradients into a (B, l, 2 * d_inner) tensor first.
-        weights = [_leaf(t) for t in (norm_weight, conv_weight, conv_bias, x_proj_weight, dt_proj_weight)]
-        wanted = [w for w in weights if w is not None and w.requires_grad]
-        dweights = [None] * len(wanted)
+        w = _Weights.prepare(spec, norm_weight, conv_weight, conv_bias, in_weight, in_bias, x_proj_weight,
+                             dt_proj_weight, out_weight, out_bias, dt_bias, A, D)
+        # Which gradients to compute, by the inputs' names below (the parts of _backward_piece).
+        wants = {name for name, want in zip(_INPUTS, ctx.needs_input_grad, strict=False) if want}
         dx = None
-        if x.requires_grad:
+        if "x" in wants:
             # Piece by piece, x[:, t0:t1] is last read before dx[:, t0:t1] is written, so the two can share a buffer.
             dx = x.detach() if spec.reuse_input else torch.empty_like(x)
-        din_weight = din_bias = dout_weight = dout_bias = None
-        dA = dD = ddt_bias = dconv_state = dssm_state = None
-        k = _BackwardInputs(x, dout, dx, conv_state, ssm_state, weights, in_weight, in_bias, in_weight_c, in_bias_c,
-                            out_weight, out_bias, out_weight_c, dt_bias, A, D, spec)
+        k = _BackwardInputs(x.detach(), dout, dx, conv_state, ssm_state, w, spec, wants)
+        totals: dict[str, torch.Tensor] = {}
         d_state_out, d_conv_out = dssm_final, dconv_final  # gradients of what the current piece hands on
         for t0, t1, conv_in, states, cfg in reversed(ctx.pieces):
             # One call per piece: its working tensors are freed before the next piece allocates its own (kept alive
             # by the loop's variables, they raised the peak by about a piece's worth).
-            dparts, din_w, din_b, dout_w, dout_b, dA_p, dD_p, ddt_bias_p, d_state_in, d_conv_in = _backward_piece(
-                k, t0, t1, conv_in, states, cfg, d_state_out, d_conv_out
-            )
-            dweights = [_add(total, part) for total, part in zip(dweights, dparts, strict=True)]
-            din_weight, din_bias = _add(din_weight, din_w), _add(din_bias, din_b)
-            dout_weight, dout_bias = _add(dout_weight, dout_w), _add(dout_bias, dout_b)
-            dA, dD, ddt_bias = _add(dA, dA_p), _add(dD, dD_p), _add(ddt_bias, ddt_bias_p)
-            if t0 == 0:
-                dconv_state, dssm_state = d_conv_in, d_state_in
-            d_state_out, d_conv_out = d_state_in, d_conv_in
-        found = iter(dweights)
-        dnorm, dconv_weight, dconv_bias, dx_proj, ddt_proj = (
-            next(found) if w is not None and w.requires_grad else None for w in weights
-        )
-        return (dx, dnorm, din_weight, din_bias, dconv_weight, dconv_bias, dx_proj, ddt_proj, ddt_bias, dA, dD,
-                dout_weight, dout_bias, dconv_state, dssm_state, None)
+            parts, d_state_out, d_conv_out = _backward_piece(k, t0, t1, conv_in, states, cfg, d_state_out, d_conv_out)
+            for name, part in parts.items():
+                totals[name] = _add(totals.get(name), part)
+        # The states entering the first piece are the caller's.
+        totals["conv_state"], totals["ssm_state"] = d_conv_out, d_state_out
+        totals["x"] = dx
+        return (*(totals.get(name) if name in wants else None for name in _INPUTS), None)
+
+
+# The node's tensor inputs, in _MambaBlockFn.forward's order.
+_INPUTS = ("x", "norm_weight", "in_weight", "in_bias", "conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight",
+           "dt_bias", "A", "D", "out_weight", "out_bias", "conv_state", "ssm_state")
 
 
 @dataclass
 class _BackwardInputs:
-    """What every piece's backward reads: the node's saved tensors, the weights in the compute dtype, the leaves of
-    the recomputation (``weights``: the norm's, the conv's weight and bias, x_proj's, dt_proj's), dout and the dx
-    being written."""
+    """What every piece's backward reads: the input x, dout, the dx being written, the caller's initial states, the
+    prepared weights, and the names of the inputs whose gradients are wanted."""
 
     x: torch.Tensor
     dout: torch.Tensor
     dx: torch.Tensor | None
     conv_state: torch.Tensor | None
     ssm_state: torch.Tensor | None
-    weights: list
-    in_weight: torch.Tensor
-    in_bias: torch.Tensor | None
-    in_weight_c: torch.Tensor
-    in_bias_c: torch.Tensor | None
-    out_weight: torch.Tensor
-    out_bias: torch.Tensor | None
-    out_weight_c: torch.Tensor
-    dt_bias: torch.Tensor
-    A: torch.Tensor
-    D: torch.Tensor
+    w: _Weights
     spec: _Spec
+    wants: set
 
 
 def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_out, d_conv_out):
-    """The backward of one piece [t0, t1): writes k.dx[:, t0:t1] and returns the piece's parameter gradients
-    (those of ``k.weights`` that want one, in order, then in_proj's, out_proj's, A's, D's and dt_bias's) and the
-    gradients of the conv and scan states entering it. A function of its own so that the piece's working tensors
-    are freed when it returns."""
-    x, dout, dx, weights, spec = k.x, k.dout, k.dx, k.weights, k.spec
-    in_weight, in_bias, in_weight_c, in_bias_c = k.in_weight, k.in_bias, k.in_weight_c, k.in_bias_c
-    out_weight, out_bias, out_weight_c = k.out_weight, k.out_bias, k.out_weight_c
-    conv_state, ssm_state, dt_bias, A, D = k.conv_state, k.ssm_state, k.dt_bias, k.A, k.D
-    d_model, d_inner = out_weight.shape
+    """The backward of one piece [t0, t1): writes k.dx[:, t0:t1] and returns the piece's parameter gradients (by
+    input name, those wanted) and the gradients of the scan and conv states entering it. A function of its own so
+    that the piece's working tensors are freed when it returns."""
+    x, dout, dx, w, spec, wants = k.x, k.dout, k.dx, k.w, k.spec, k.wants
+    d_model, d_inner = w.out_proj.shape
     first = t0 == 0
-    x_piece = x.detach()[:, t0:t1]
+    x_piece = x[:, t0:t1]
     # The conv state entering the piece: the caller's, or the last conv inputs of the piece before.
-    conv_in = _leaf(conv_state) if first else conv_in.detach().requires_grad_()
+    conv_in = k.conv_state if first else conv_in
     with torch.autocast(x.device.type, enabled=False):
-        h, rstd = _norm(x_piece, weights[0].detach(), spec)  # (B, l, d_model), (B * l,)
-        xz = F.linear(h, in_weight_c, in_bias_c)  # (B, l, 2 * d_inner)
-        conv_x, z = split_xz(xz)
-        conv_x = conv_x.detach().requires_grad_()
-        conv_weight, conv_bias, x_proj_weight, dt_proj_weight = weights[1:]
-        with torch.enable_grad():
-            u, conv_final = causal_conv1d(
-                conv_x, conv_weight, conv_bias, activation="silu", initial_state=conv_in, return_final_state=True,
-                backend="triton",
-            )  # (B, d_inner, l)
-        # x_proj and dt_proj are differentiated by hand below, so that their gradient to u lands in the scan's du
-        # (one GEMM with beta = 1) instead of a separate tensor that autograd then adds to it.
-        dt_low, delta, b, c = _project(u.detach(), x_proj_weight, dt_proj_weight, spec.dt_rank, spec.d_state)
+        h, rstd, conv_x, z, u, dt_low, delta, b, c, _ = _mixer_inputs(x_piece, w, spec, conv_in)
+    parts = {}
     dmixed = dout[:, t0:t1].to(spec.dtype)  # out_proj's output gradient, (B, l, d_model)
-    dy = dmixed @ out_weight_c  # (B, l, d_inner)
+    dy = dmixed @ w.out_proj  # (B, l, d_inner)
     y = torch.empty_like(dy)  # the scan's output, which its backward recomputes: out_proj's weight gradient
     # The scan's initial state only says whether its gradient is wanted: the states come from `states`.
-    ssm_in = ssm_state if first else states[:, 0, : spec.d_state].transpose(1, 2)
+    want_ssm_in = not first or "ssm_state" in k.wants
+    ssm_in = (k.ssm_state if first else states[:, 0, : spec.d_state].transpose(1, 2)) if want_ssm_in else None
     du, ddelta, dA, dB, dC, dD, dz, ddt_bias, d_state_in = scan_backward(
-        u.detach(), delta.detach(), A, b.detach(), c.detach(), D, z, dt_bias, ssm_in, states, cfg,
-        True, dy.transpose(1, 2), d_state_out, y_out=y.transpose(1, 2),
+        u, delta, w.A, b, c, w.D, z, w.dt_bias, ssm_in, states, cfg, True, dy.transpose(1, 2), d_state_out,
+        y_out=y.transpose(1, 2), params=w.scan,
     )
-    dout_weight = dout_bias = din_weight = din_bias = None
-    if out_weight.requires_grad:
-        dout_weight = (dmixed.reshape(-1, d_model).t() @ y.reshape(-1, d_inner)).float()
-    if out_bias is not None and out_bias.requires_grad:
-        dout_bias = dmixed.float().sum((0, 1))
-    del dy, y, xz, z
+    parts["A"], parts["D"], parts["dt_bias"] = dA, dD, ddt_bias
+    if "out_weight" in wants:
+        parts["out_weight"] = (dmixed.reshape(-1, d_model).t() @ y.reshape(-1, d_inner)).float()
+    if "out_bias" in wants:
+        parts["out_bias"] = dmixed.float().sum((0, 1))
+    del dy, y, z
     # dt_proj and x_proj by hand, in the compute dtype as autograd would: delta = dt_low @ W_dt^T and
     # x_dbl = (dt_low, B, C) = u^T @ W_x^T.
     ddelta_rows = _rows(ddelta)  # (B * l, d_inner)
-    ddt_low = ddelta_rows @ dt_proj_weight.to(ddelta.dtype)  # (B * l, dt_rank)
+    ddt_low = ddelta_rows @ w.dt_proj  # (B * l, dt_rank)
     dx_dbl = torch.cat([ddt_low, _rows(dB[:, 0]), _rows(dC[:, 0])], dim=1)  # (B * l, dt_rank + 2N)
-    ddt_proj = dx_proj = None
-    if dt_proj_weight.requires_grad:
-        ddt_proj = (ddelta_rows.t() @ dt_low.reshape(-1, spec.dt_rank)).float()
+    if "dt_proj_weight" in wants:
+        parts["dt_proj_weight"] = (ddelta_rows.t() @ dt_low.reshape(-1, spec.dt_rank)).float()
     del ddelta_rows, ddt_low, ddelta, dB, dC, delta, b, c, dt_low
     du_rows = du.transpose(1, 2).view(-1, du.shape[1])  # a view (raises otherwise): the scan's du is channel-last
-    if x_proj_weight.requires_grad:
-        dx_proj = (dx_dbl.t() @ _rows(u.detach())).float()
-    du_rows.addmm_(dx_dbl, x_proj_weight.to(du.dtype))  # du += dx_dbl @ W_x: u's gradient through x_proj
-    del dx_dbl, du_rows
-    # The conv, by autograd: to its weight and bias, its input and the conv state.
-    outputs, grads = [u], [du]
-    if d_conv_out is not None:
-        outputs.append(conv_final)
-        grads.append(d_conv_out)
-    wants = [w is not None and w.requires_grad for w in weights[1:]]  # conv weight, conv bias, x_proj, dt_proj
-    inputs = [w for w, want in zip(weights[1:3], wants[:2], strict=True) if want] + [conv_x]
-    if conv_in is not None and conv_in.requires_grad:
-        inputs.append(conv_in)
-    conv_grads = list(torch.autograd.grad(outputs, inputs, grads, allow_unused=True))
-    del outputs, grads, u, du
-    d_conv_in = conv_grads.pop() if conv_in is not None and conv_in.requires_grad else None
-    dconv_x = conv_grads.pop()
-    found = conv_grads + [g for g, want in zip((dx_proj, ddt_proj), wants[2:], strict=True) if want]  # weights' order
+    if "x_proj_weight" in wants:
+        parts["x_proj_weight"] = (dx_dbl.t() @ _rows(u)).float()
+    # du += dx_dbl @ W_x: u's gradient through x_proj, one GEMM into the scan's du instead of a tensor of its own.
+    du_rows.addmm_(dx_dbl, w.x_proj)
+    del dx_dbl, du_rows, u
+    # The conv: its input, weight, bias and the conv state entering the piece (whose gradient the piece before
+    # needs; the first piece's goes to the caller, if wanted).
+    dconv_x, dconv_w, dconv_b, d_conv_in = causal_conv1d_backward(conv_x, w.conv, w.conv_bias, conv_in, du,
+                                                                  d_conv_out, True)
+    del du, conv_x
+    if first and "conv_state" not in wants:
+        d_conv_in = None
+    if "conv_weight" in wants:
+        parts["conv_weight"] = dconv_w
+    if "conv_bias" in wants:
+        parts["conv_bias"] = dconv_b
     # in_proj by hand, its two output halves separately: (B * l, d_inner) each, rows of xz's positions.
     dxz_x, dxz_z = _rows(dconv_x), _rows(dz)
-    h_rows = h.detach().reshape(-1, d_model)
-    if in_weight.requires_grad:
-        din_weight = torch.cat([dxz_x.t() @ h_rows, dxz_z.t() @ h_rows]).float()  # (2 * d_inner, d_model)
-    if in_bias is not None and in_bias.requires_grad:
-        din_bias = torch.cat([dxz_x.float().sum(0), dxz_z.float().sum(0)])
+    h_rows = h.reshape(-1, d_model)
+    if "in_weight" in wants:
+        parts["in_weight"] = torch.cat([dxz_x.t() @ h_rows, dxz_z.t() @ h_rows]).float()  # (2 * d_inner, d_model)
+    if "in_bias" in wants:
+        parts["in_bias"] = torch.cat([dxz_x.float().sum(0), dxz_z.float().sum(0)])
     # In place: torch.addmm into a new tensor would first copy its addend there (a device-to-device copy per piece).
-    dh = (dxz_x @ in_weight_c[:d_inner]).addmm_(dxz_z, in_weight_c[d_inner:]).view_as(h)
+    dh = (dxz_x @ w.in_proj[:d_inner]).addmm_(dxz_z, w.in_proj[d_inner:]).view_as(h)
     del dconv_x, dz, dxz_x, dxz_z, h_rows, h
     # RMSNorm and the residual: dx = the norm's input gradient + dout, written into dx in the same pass.
-    dparts = found
-    if dx is not None or weights[0].requires_grad:
+    if dx is not None or "norm_weight" in wants:
         _, dnorm = rms_norm_backward(
-            x_piece, weights[0].detach(), rstd, dh, dout[:, t0:t1] if dx is not None else None,
+            x_piece, w.norm, rstd, dh, dout[:, t0:t1] if dx is not None else None,
             dx_out=None if dx is None else dx[:, t0:t1], want_dx=dx is not None,
         )
-        if weights[0].requires_grad:
-            dparts = [dnorm] + found  # in the caller's `wanted` order
-    return dparts, din_weight, din_bias, dout_weight, dout_bias, dA, dD, ddt_bias, d_state_in, d_conv_in
+        parts["norm_weight"] = dnorm
+    return parts, d_state_in, d_conv_in
 
 
 def mamba_block(block, x: torch.Tensor, conv_state: torch.Tensor | None = None,
@@ -315,6 +315,7 @@ def mamba_block(block, x: torch.Tensor, conv_state: torch.Tensor | None = None,
         returns out (B, L, d_model), conv_final (B, d_inner, d_conv - 1) in the compute dtype, ssm_final fp32
     """
     mixer, config = block.mixer, block.mixer.config
+    _check_states(x, config, conv_state, ssm_state)
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else mixer.in_proj.weight.dtype
     spec = _Spec(config.dt_rank, config.d_state, block.norm.eps, dtype, block.residual_in_fp32, reuse_input)
@@ -324,3 +325,13 @@ def mamba_block(block, x: torch.Tensor, conv_state: torch.Tensor | None = None,
         mixer.x_proj.weight, mixer.dt_proj.weight, mixer.dt_proj.bias.float(), A, mixer.D.float(),
         mixer.out_proj.weight, mixer.out_proj.bias, conv_state, ssm_state, spec,
     )
+
+
+def _check_states(x: torch.Tensor, config, conv_state: torch.Tensor | None, ssm_state: torch.Tensor | None) -> None:
+    """ValueError for carried states of the wrong shape, before anything runs (the kernels read them unchecked)."""
+    batch = x.shape[0]
+    for name, state, shape in (("conv_state", conv_state, (batch, config.d_inner, config.d_conv - 1)),
+                               ("ssm_state", ssm_state, (batch, config.d_inner, config.d_state))):
+        if state is not None and tuple(state.shape) != shape:
+            raise ValueError(f"{name} must be (batch, d_inner, {'d_conv - 1' if name == 'conv_state' else 'd_state'})"
+                             f" = {shape} for x of shape {tuple(x.shape)}, got {tuple(state.shape)}")

@@ -325,6 +325,38 @@ def _backward(
     return dx, dweight, dbias, dstate
 
 
+def causal_conv1d_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    silu: bool,
+    return_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The Triton forward outside autograd, unchecked: ``(out, final_state or None)``.
+
+    For a caller that runs its own backward (the fused Mamba block, which calls this once per piece of a
+    sequence): arguments as for ``causal_conv1d`` with ``backend="triton"``, already checked by the caller.
+    """
+    with device_guard(x):
+        return _forward(x, weight, bias, initial_state, silu, return_final_state)
+
+
+def causal_conv1d_backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None,
+    dout: torch.Tensor,
+    dfinal_state: torch.Tensor | None,
+    silu: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of ``causal_conv1d_forward``'s (out, final_state): ``(dx, dweight, dbias, dinitial_state)``, None
+    for an absent bias or initial state. ``dfinal_state`` None: the final state gets no gradient."""
+    with device_guard(x):
+        return _backward(x, weight, bias, initial_state, dout, dfinal_state, silu)
+
+
 class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, initial_state, silu, return_final_state):

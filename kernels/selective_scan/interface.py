@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 
@@ -133,6 +135,17 @@ def _config(
     batch: int, dim: int, groups: int, dstate: int, seqlen: int, device: torch.device, sms: int | None = None,
     channel_last: bool = True,
 ) -> _Config:
+    """Block sizes from the shape (memoised: a model's pieces and layers ask for the same few shapes, and working
+    them out took about 0.2 ms of Python per call)."""
+    sms = _sm_count(device) if sms is None else sms
+    return _config_for(batch, dim, groups, dstate, seqlen, device.type, sms, channel_last, tuple(_TUNING.items()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _config_for(
+    batch: int, dim: int, groups: int, dstate: int, seqlen: int, device_type: str, sms: int, channel_last: bool,
+    tuning: tuple,
+) -> _Config:
     """Block sizes from the shape. Measured on an H100 (benchmarks/RESULTS.md, selective scan): occupancy is what limits
     these kernels, so the choices below trade unrolling for registers; larger unrolls hoist the loads of every
     step of a tile and leave 2 programs per SM."""
@@ -160,17 +173,16 @@ def _config(
     t_tile_bwd = _TUNING.get("t_tile_bwd", t_tile_bwd)
     # At N <= 16 a 128-register cap lets 4 programs share an SM (measured: 55 -> 49 ms at S0); larger N needs
     # more than 128 registers for its state alone.
-    maxnreg = _TUNING.get("maxnreg", 128 if block_n <= 16 and device.type == "cuda" else None)
+    maxnreg = _TUNING.get("maxnreg", 128 if block_n <= 16 and device_type == "cuda" else None)
     n_dblk = triton.cdiv(dim_per_group, block_d)
     programs_per_chunk = batch * groups * n_dblk
     # Enough chunks that every SM holds a few programs; a chunk much shorter than ~256 steps would spend more
     # on its boundary state and the combine than it gains.
-    sms = _sm_count(device) if sms is None else sms
     # The reverse-in-time kernel walks 1-step tiles at N <= 32: 80 registers instead of 128, and S0's backward
     # 62.9 -> 62.1 ms, S1 D 256 10.88 -> 10.78, D 512 21.35 -> 21.09 (H100); the forward-in-time kernel keeps 2.
     t_tile_rev = _TUNING.get("t_tile_rev", 1 if block_n <= 32 and t_tile_bwd == 2 else t_tile_bwd)
     step = max(t_tile, t_tile_bwd, t_tile_rev)  # all powers of two: chunks hold whole tiles of every pass
-    min_chunk = 256 if device.type == "cuda" else 2 * step
+    min_chunk = 256 if device_type == "cuda" else 2 * step
 
     def chunk_len_at(programs_per_sm: int) -> int:
         want_chunks = triton.cdiv(programs_per_sm * sms, programs_per_chunk)
@@ -189,12 +201,12 @@ def _config(
     chunk_len = min(_TUNING.get("chunk_len", chunk_len), triton.cdiv(seqlen, step) * step)
     # The next tile's B/C rows (and, channel-last, its per-channel tiles: see triton._prefetch) are prefetched into
     # L1 on a GPU: S0 forward 43.0 -> 39.1 ms and backward 90.1 -> 80.9 at the tiles of that time.
-    prefetch = _TUNING.get("prefetch", 1) if device.type == "cuda" else 0  # inline PTX: not in the interpreter
+    prefetch = _TUNING.get("prefetch", 1) if device_type == "cuda" else 0  # inline PTX: not in the interpreter
     # The reduce-scatter is inline PTX (a GPU) over one warp that holds the block's 32 channels, one per lane;
     # below 8 states it would shuffle more than tl.sum does.
-    lane_sums = device.type == "cuda" and block_d_bwd == 32 and block_n >= 8
+    lane_sums = device_type == "cuda" and block_d_bwd == 32 and block_n >= 8
     lane_sums = bool(_TUNING.get("lane_sums", lane_sums))
-    fast_math = bool(_TUNING.get("fast_math", device.type == "cuda"))
+    fast_math = bool(_TUNING.get("fast_math", device_type == "cuda"))
     return _Config(
         block_d, block_d_bwd, block_n, t_tile, t_tile_bwd, maxnreg, chunk_len, triton.cdiv(seqlen, chunk_len),
         prefetch, channel_last and prefetch > 0, lane_sums, fast_math, t_tile_rev,
@@ -237,6 +249,24 @@ def _a2t(A: torch.Tensor, block_n: int) -> torch.Tensor:
     return a2t
 
 
+class ScanParams(NamedTuple):
+    """The per-channel parameters in the kernels' form; the same for every piece of a sequence, so a caller that
+    scans one in pieces (the fused Mamba block) prepares them once (``prepare_params``)."""
+
+    a2t: torch.Tensor  # A * log2(e), (block_n, dim) fp32, zero past N
+    D: torch.Tensor | None  # (dim,) fp32, contiguous
+    delta_bias: torch.Tensor | None  # (dim,) fp32, contiguous
+
+
+def prepare_params(A: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None) -> ScanParams:
+    """A, D and delta_bias as ``scan_forward`` and ``scan_backward`` read them."""
+    return ScanParams(
+        _a2t(A, triton.next_power_of_2(A.shape[1])),
+        None if D is None else D.float().contiguous(),
+        None if delta_bias is None else delta_bias.float().contiguous(),
+    )
+
+
 def _channel_last(*tensors: torch.Tensor | None) -> bool:
     """Whether every given (batch, dim, L) tensor has a unit channel stride (the kernels' CHANNEL_LAST form)."""
     return all(t is None or t.shape[1] == 1 or t.stride(1) == 1 for t in tensors)
@@ -250,12 +280,13 @@ def _dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like if t is None else t
 
 
-def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, params: ScanParams | None = None):
     """The Triton forward without autograd: (y, final_state, chunk_states, config).
 
     ``chunk_states`` (the state entering each chunk, and the final one) and ``config`` are what ``scan_backward``
     needs besides the inputs. Callers that recompute u or delta in their own backward (the fused Mamba mixer)
     use this pair directly; everyone else goes through ``selective_scan``. Arguments are checked there.
+    ``params``: ``prepare_params(A, D, delta_bias)``, when the caller has it already.
     """
     from dna_mamba.kernels.selective_scan import triton as kernels
 
@@ -265,9 +296,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
     dev = u.device
     n_dblk = triton.cdiv(dim // groups, cfg.block_d)
     bc = _pack_bc(B, C, cfg.block_n, cfg.longest_tile)
-    a2t = _a2t(A, cfg.block_n)
-    Df = None if D is None else D.float().contiguous()
-    biasf = None if delta_bias is None else delta_bias.float().contiguous()
+    a2t, Df, biasf = prepare_params(A, D, delta_bias) if params is None else params
     y = _empty_like_layout(u)
     final = _new(batch, dim, dstate, device=dev)
     # Entry c is the state entering chunk c; entry n_chunks the final state. Saved for the backward.
@@ -303,7 +332,7 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
 
 
 def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states, cfg, delta_softplus, dy, dfinal,
-                  y_out: torch.Tensor | None = None, overwrite_u_delta: bool = False):
+                  y_out: torch.Tensor | None = None, overwrite_u_delta: bool = False, params: ScanParams | None = None):
     """Gradients of ``scan_forward``'s (y, final_state) for every input, from the inputs and its chunk states.
 
     Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state), None where the input is None.
@@ -311,7 +340,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
     (the fused block needs it for out_proj's weight gradient and does not keep the forward's).
     ``overwrite_u_delta``: u and delta are the caller's scratch copies, and du and ddelta are written over them
     (the reverse kernel reads each element of u and delta in the iteration that writes its gradient, and no
-    program reads another's elements).
+    program reads another's elements). ``params``: as for ``scan_forward``.
     """
     from dna_mamba.kernels.selective_scan import triton as kernels
 
@@ -325,9 +354,7 @@ def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_stat
         dy = torch.zeros_like(u)
     bc = _pack_bc(B, C, cfg.block_n, cfg.longest_tile)
     bc_len = bc.shape[2]
-    a2t = _a2t(A, cfg.block_n)
-    Df = None if D is None else D.float().contiguous()
-    biasf = None if delta_bias is None else delta_bias.float().contiguous()
+    a2t, Df, biasf = prepare_params(A, D, delta_bias) if params is None else params
     du = u if overwrite_u_delta else _empty_like_layout(u)
     ddelta = delta if overwrite_u_delta else _empty_like_layout(delta)
     dz = None if z is None else _empty_like_layout(z)
