@@ -94,8 +94,15 @@ def _norm(x, norm_weight, spec: _Spec):
     return rms_norm_forward(x, norm_weight, spec.eps, spec.dtype)
 
 
-def _add(total: torch.Tensor | None, part: torch.Tensor | None) -> torch.Tensor | None:
-    return part if total is None else total if part is None else total + part
+def _sum_fp32(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    """The sum of a gradient's per-piece parts in fp32 (parts in the compute dtype are widened exactly, as
+    ``.float()`` would), in a fixed order: bitwise reproducible."""
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0].float()
+    return torch.stack(parts).sum(0, dtype=torch.float32)
 
 
 @dataclass
@@ -191,14 +198,16 @@ class _MambaBlockFn(torch.autograd.Function):
             # Piece by piece, x[:, t0:t1] is last read before dx[:, t0:t1] is written, so the two can share a buffer.
             dx = x.detach() if spec.reuse_input else torch.empty_like(x)
         k = _BackwardInputs(x.detach(), dout, dx, conv_state, ssm_state, w, spec, wants)
-        totals: dict[str, torch.Tensor] = {}
+        parts_by_name: dict[str, list[torch.Tensor]] = {}
         d_state_out, d_conv_out = dssm_final, dconv_final  # gradients of what the current piece hands on
         for t0, t1, conv_in, states, cfg in reversed(ctx.pieces):
             # One call per piece: its working tensors are freed before the next piece allocates its own (kept alive
             # by the loop's variables, they raised the peak by about a piece's worth).
             parts, d_state_out, d_conv_out = _backward_piece(k, t0, t1, conv_in, states, cfg, d_state_out, d_conv_out)
             for name, part in parts.items():
-                totals[name] = _add(totals.get(name), part)
+                parts_by_name.setdefault(name, []).append(part)
+        # Each parameter's pieces summed in one fp32 reduction (two launches, not one add and one cast per piece).
+        totals = {name: _sum_fp32(parts) for name, parts in parts_by_name.items()}
         # The states entering the first piece are the caller's.
         totals["conv_state"], totals["ssm_state"] = d_conv_out, d_state_out
         totals["x"] = dx
@@ -250,7 +259,7 @@ def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_ou
     )
     parts["A"], parts["D"], parts["dt_bias"] = dA, dD, ddt_bias
     if "out_weight" in wants:
-        parts["out_weight"] = (dmixed.reshape(-1, d_model).t() @ y.reshape(-1, d_inner)).float()
+        parts["out_weight"] = dmixed.reshape(-1, d_model).t() @ y.reshape(-1, d_inner)
     if "out_bias" in wants:
         parts["out_bias"] = dmixed.float().sum((0, 1))
     del dy, y, z
@@ -260,11 +269,11 @@ def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_ou
     ddt_low = ddelta_rows @ w.dt_proj  # (B * l, dt_rank)
     dx_dbl = torch.cat([ddt_low, _rows(dB[:, 0]), _rows(dC[:, 0])], dim=1)  # (B * l, dt_rank + 2N)
     if "dt_proj_weight" in wants:
-        parts["dt_proj_weight"] = (ddelta_rows.t() @ dt_low.reshape(-1, spec.dt_rank)).float()
+        parts["dt_proj_weight"] = ddelta_rows.t() @ dt_low.reshape(-1, spec.dt_rank)
     del ddelta_rows, ddt_low, ddelta, dB, dC, delta, b, c, dt_low
     du_rows = du.transpose(1, 2).view(-1, du.shape[1])  # a view (raises otherwise): the scan's du is channel-last
     if "x_proj_weight" in wants:
-        parts["x_proj_weight"] = (dx_dbl.t() @ _rows(u)).float()
+        parts["x_proj_weight"] = dx_dbl.t() @ _rows(u)
     # du += dx_dbl @ W_x: u's gradient through x_proj, one GEMM into the scan's du instead of a tensor of its own.
     du_rows.addmm_(dx_dbl, w.x_proj)
     del dx_dbl, du_rows, u
@@ -283,7 +292,7 @@ def _backward_piece(k: _BackwardInputs, t0, t1, conv_in, states, cfg, d_state_ou
     dxz_x, dxz_z = _rows(dconv_x), _rows(dz)
     h_rows = h.reshape(-1, d_model)
     if "in_weight" in wants:
-        parts["in_weight"] = torch.cat([dxz_x.t() @ h_rows, dxz_z.t() @ h_rows]).float()  # (2 * d_inner, d_model)
+        parts["in_weight"] = torch.cat([dxz_x.t() @ h_rows, dxz_z.t() @ h_rows])  # (2 * d_inner, d_model)
     if "in_bias" in wants:
         parts["in_bias"] = torch.cat([dxz_x.float().sum(0), dxz_z.float().sum(0)])
     # In place: torch.addmm into a new tensor would first copy its addend there (a device-to-device copy per piece).
