@@ -169,6 +169,22 @@ def test_resume_trains_exactly_the_remaining_epochs(sweep: Path, tmp_path: Path)
     assert [(int(row["step"]), int(row["epoch"])) for row in rows] == [(step, step // 2) for step in range(8)]
 
 
+def test_new_run_into_a_folder_holding_a_run_is_refused_before_any_data_work(sweep: Path, slices: Path,
+                                                                              tmp_path: Path) -> None:
+    base = [*TINY, "task.steps_per_epoch=1", "task.export=false", f"out_dir={tmp_path / 'run'}"]
+    run_from_config(hydra_cfg([*base, f"task.prepared={sweep / 'dataset'}"]))
+    ckpt, results = tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "run" / "results.json"
+    kept = ckpt.read_bytes(), results.read_bytes()
+    # Another manifest that would need preparing: the refusal comes first, so nothing is prepared.
+    with pytest.raises(ValueError, match=r"already holds a run .*resume=auto.*name="):
+        run_from_config(hydra_cfg([*base, f"task.manifest={slices}", f"task.dataset_dir={tmp_path / 'data'}"]))
+    assert not (tmp_path / "data").exists()
+    assert (ckpt.read_bytes(), results.read_bytes()) == kept
+    # resume=auto continues it.
+    resumed = run_from_config(hydra_cfg([*base, f"task.prepared={sweep / 'dataset'}", "task.epochs=2", "resume=auto"]))
+    assert resumed["global_step"] == 2
+
+
 def test_species_configs_compose_and_build() -> None:
     for overrides in (["task=species", "task.manifest=x.tsv"], ["experiment=species_bacteria"],
                       ["experiment=species_drosophila"]):

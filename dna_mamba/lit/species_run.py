@@ -21,7 +21,7 @@ import torch
 from dna_mamba.export import load_model_source
 from dna_mamba.lit.callbacks import EpochSeeder
 from dna_mamba.lit.pretrain import OptimConfig
-from dna_mamba.lit.resume import check_same_data, find_resume_point
+from dna_mamba.lit.resume import check_same_data, find_resume_point, refuse_to_overwrite
 from dna_mamba.lit.runner import (
     TrainerConfig,
     build_trainer,
@@ -126,7 +126,7 @@ def apply_memory_settings(module: SpeciesModule, trainer_config: TrainerConfig, 
 def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, trainer_config: TrainerConfig,
                 seq_len: int, *, micro_batch_tokens: int | None = None, optim: OptimConfig | None = None,
                 seed: int = 0, init_from: str | None = None, resume: str | None = None,
-                dataset: SpeciesDataset | None = None) -> dict:
+                dataset: SpeciesDataset | None = None, replace_run: bool = False) -> dict:
     """Fine-tune a species classifier at one context; evaluate it and the k-mer baseline on the test windows.
 
     Args:
@@ -142,6 +142,8 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
         init_from: a ``from_pretrained`` directory or a Lightning checkpoint to start the backbone from.
         resume: a checkpoint to resume this run from, or ``"auto"`` (``out_dir/checkpoints/last.ckpt``).
         dataset: an opened dataset (otherwise opened from ``task``).
+        replace_run: start over in an ``out_dir`` that already holds a run (a sweep re-running a context). Otherwise
+            a new run (no ``resume``) there is refused, before any data is prepared, as for pretraining.
 
     Returns:
         The ``results.json`` dict.
@@ -153,6 +155,8 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
     require_accelerator(trainer_config)
     out_dir = Path(trainer_config.out_dir)
     resume_point = find_resume_point(resume, out_dir)
+    if resume_point is None and not replace_run:
+        refuse_to_overwrite(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
@@ -302,7 +306,8 @@ def run_species_sweep(task: SpeciesTaskConfig, model_config: DnaMambaConfig | No
                       title: str = "") -> list[dict]:
     """Accuracy against context: one run per context (``out_dir/context_<1k…>``), then a table and a plot.
 
-    Every context is checked before the first run starts. ``sweep.md``, ``sweep.json`` and ``sweep.png`` in
+    Every context is checked before the first run starts; a context run again replaces its earlier run.
+    ``sweep.md``, ``sweep.json`` and ``sweep.png`` in
     ``trainer_config.out_dir`` are rewritten after each context; they also list contexts that earlier sweeps
     wrote into the same directory.
 
@@ -324,7 +329,7 @@ def run_species_sweep(task: SpeciesTaskConfig, model_config: DnaMambaConfig | No
         else:
             rows.append(run_species(task, model_config, replace(trainer_config, out_dir=str(run_dir)), seq_len,
                                     micro_batch_tokens=micro_batch_tokens, optim=optim, seed=seed,
-                                    init_from=init_from, dataset=dataset))
+                                    init_from=init_from, dataset=dataset, replace_run=True))
         write_sweep_report(rows + earlier_rows(out_dir, exclude=contexts), task.kmer_ks, out_dir,
                            num_classes=dataset.num_classes, title=title,
                            settings={"task": asdict(task), "init_from": init_from, "kmer_only": kmer_only})
