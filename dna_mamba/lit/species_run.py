@@ -307,9 +307,8 @@ def run_species_sweep(task: SpeciesTaskConfig, model_config: DnaMambaConfig | No
     """Accuracy against context: one run per context (``out_dir/context_<1k…>``), then a table and a plot.
 
     Every context is checked before the first run starts; a context run again replaces its earlier run.
-    ``sweep.md``, ``sweep.json`` and ``sweep.png`` in
-    ``trainer_config.out_dir`` are rewritten after each context; they also list contexts that earlier sweeps
-    wrote into the same directory.
+    ``sweep.md``, ``sweep.json`` and ``sweep.png`` in ``trainer_config.out_dir`` are rewritten after each context;
+    they also list contexts that earlier sweeps wrote into the same directory.
 
     Args:
         contexts: context lengths, run in the given order (shortest first keeps early results early).
