@@ -51,8 +51,10 @@ def test_gpu_setting_without_a_gpu_is_one_line_on_the_command_line(tmp_path):
 
 
 def test_time_limit_stop_is_reported_checkpointed_and_resumable(tmp_path, store_cache, capsys):
+    # One micro-batch per step: the Timer looks at the clock after each micro-batch, so the earliest it can stop the
+    # run is after step 1, however slow the machine (a stop before step 1 is the next test's case).
     base = [*TINY, f"out_dir={tmp_path}", f"data.cache_dir={store_cache}", "trainer.val_check_interval=1000",
-            "trainer.checkpoint_every_n_steps=1000"]
+            "trainer.checkpoint_every_n_steps=1000", "trainer.tokens_per_step=2048"]
     summary = run([*base, "trainer.max_steps=100000", "trainer.max_time=00:00:00:02"])
     steps = summary["global_step"]
     assert steps < 100000 and summary["planned_steps"] == 100000
@@ -71,6 +73,18 @@ def test_time_limit_stop_is_reported_checkpointed_and_resumable(tmp_path, store_
     assert resumed["global_step"] == steps + 3 and "stopped_early" not in resumed
     logged = [step for step, _ in read_metrics(tmp_path / "logs" / "metrics.csv")["train/loss"]]
     assert logged == list(range(steps + 3))
+
+
+def test_time_limit_spent_before_the_first_step_says_nothing_was_saved(tmp_path, store_cache, capsys):
+    # A limit of zero stops the run after its first micro-batch, halfway through step 1 (two micro-batches a step).
+    base = [*TINY, f"out_dir={tmp_path}", f"data.cache_dir={store_cache}", "task.export=false"]
+    summary = run([*base, "trainer.max_steps=5", "trainer.max_time=00:00:00:00"])
+    assert summary["global_step"] == 0
+    assert "before its first optimizer step, so nothing was trained or checkpointed" in summary["stopped_early"]
+    assert "resume=auto" not in summary["stopped_early"]  # there is nothing to resume
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+    # Starting again into the same folder is a new run, not a refused overwrite.
+    assert run([*base, "trainer.max_steps=2"])["global_step"] == 2
 
 
 def test_summary_reports_data_preparation_apart_from_training(tmp_path, store_cache, monkeypatch, capsys):

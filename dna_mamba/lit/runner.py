@@ -155,6 +155,10 @@ def early_stop_note(trainer: L.Trainer, planned_steps: int, max_time: str | None
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     remaining = timer.time_remaining() if timer is not None else None
     if remaining is not None and remaining <= 0:
+        if trainer.global_step == 0:
+            # The limit ran out within the first step's micro-batches: no step to checkpoint, nothing to resume.
+            return (f"the time limit trainer.max_time={max_time} stopped the run before its first optimizer step, so "
+                    "nothing was trained or checkpointed; raise it (or set it to null) and start the run again")
         # The timer's state is in the checkpoint, so a resumed run counts the time of its earlier parts too.
         return (f"the time limit trainer.max_time={max_time} stopped the run; raise it (or set it to null) and add "
                 "resume=auto to run the rest")
