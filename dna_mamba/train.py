@@ -7,10 +7,12 @@ Errors the user can fix (a missing file, a malformed FASTA, a bad setting) print
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -79,12 +81,15 @@ def _visible_devices(accelerator: str) -> int:
 
 
 def run_from_config(cfg: DictConfig) -> dict:
+    # Recorded as out_dir/config.yaml by the run itself, once it is accepted (Hydra's own .hydra/ record is off:
+    # Hydra writes it before the run starts, so a refused launch would overwrite the record of the run it protects).
+    settings = OmegaConf.to_yaml(cfg, resolve=True)
     if cfg.task.name == "species":
         from dna_mamba.lit.species_run import run_species
 
         task, model, optim, trainer, seq_len, micro_batch_tokens = build_species_configs(cfg)
         return run_species(task, model, trainer, seq_len, micro_batch_tokens=micro_batch_tokens, optim=optim,
-                           seed=int(cfg.seed), init_from=cfg.init_from, resume=cfg.resume)
+                           seed=int(cfg.seed), init_from=cfg.init_from, resume=cfg.resume, settings=settings)
     from dna_mamba.lit.runner import run_pretraining
 
     model, data, optim, trainer, plan = build_configs(cfg)
@@ -93,14 +98,19 @@ def run_from_config(cfg: DictConfig) -> dict:
     return run_pretraining(
         model, data, optim, trainer, plan,
         seed=int(cfg.seed), resume=cfg.resume, init_from=cfg.init_from,
-        run_baseline=bool(cfg.task.run_baseline), export=bool(cfg.task.export),
+        run_baseline=bool(cfg.task.run_baseline), export=bool(cfg.task.export), settings=settings,
     )
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    with report_user_errors(debug=bool(cfg.get("debug", False))):
-        run_from_config(cfg)
+    try:
+        with report_user_errors(debug=bool(cfg.get("debug", False))):
+            run_from_config(cfg)
+    finally:
+        # Hydra makes the run's folder before the run starts; a launch refused before writing anything leaves none.
+        with contextlib.suppress(OSError):  # not empty: a run is (or was) in it
+            os.rmdir(HydraConfig.get().runtime.output_dir)
 
 
 def main() -> None:

@@ -109,3 +109,22 @@ def test_malformed_fasta_is_one_line_error_and_debug_shows_traceback(tmp_path):
     assert "bad.fa" in result.stderr and "chr1" in result.stderr and "Traceback" not in result.stderr
     debug = cli(["--debug", "data=fasta", f"data.fasta=[{bad}]", *TINY], tmp_path)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_the_run_records_its_settings_and_a_refused_launch_leaves_them_alone(tmp_path, store_cache):
+    base = [*TINY, "trainer.max_steps=1", "task.run_baseline=false", "task.export=false",
+            f"data.cache_dir={store_cache}"]
+    first = cli([*base, "optim.lr=0.004"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    record = (tmp_path / "run" / "config.yaml").read_text()
+    assert "lr: 0.004" in record and "seq_len: 1024" in record  # composed and resolved
+    # A second new run under the same name is refused; the record of the run it protects must survive it. (Hydra's
+    # own .hydra/ record, written before the run starts, was overwritten by the refused launch.)
+    refused = cli([*base, "optim.lr=0.001"], tmp_path)
+    assert refused.returncode == 1 and "already holds a run" in refused.stderr
+    assert (tmp_path / "run" / "config.yaml").read_text() == record
+    assert not (tmp_path / "run" / ".hydra").exists()
+    # Resuming is a launch of the same run: it records its own settings.
+    resumed = cli([*base, "trainer.max_steps=2", "resume=auto"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "max_steps: 2" in (tmp_path / "run" / "config.yaml").read_text()

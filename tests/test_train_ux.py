@@ -48,6 +48,7 @@ def test_gpu_setting_without_a_gpu_is_one_line_on_the_command_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("error: trainer.accelerator=gpu") and "trainer=cpu" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 2  # + the --debug hint
+    assert not (tmp_path / "run").exists()  # a refused launch leaves no run folder (nor a Hydra record in one)
 
 
 def test_time_limit_stop_is_reported_checkpointed_and_resumable(tmp_path, store_cache, capsys):

@@ -55,6 +55,20 @@ def refuse_to_overwrite(out_dir: Path) -> None:
                          "run its own name= (or out_dir=); delete the folder to start that run over")
 
 
+def record_settings(out_dir: Path, settings: str | None) -> None:
+    """Write a launch's settings (text: the entry point's composed config) to ``out_dir/config.yaml``.
+
+    Called once the run is accepted (after ``refuse_to_overwrite``), so a refused launch leaves the folder, and the
+    record of the run already in it, as they were. A resumed run's launch replaces the record with its own settings.
+    """
+    if settings is None:
+        return
+    path = out_dir / "config.yaml"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(settings)
+    os.replace(tmp, path)
+
+
 def check_same_data(point: ResumePoint, data: dict) -> None:
     """Refuse to resume a checkpoint that trained on other data: the run would mix two genomes or splits.
 

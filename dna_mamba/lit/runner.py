@@ -24,7 +24,7 @@ from dna_mamba.lit.checkpoint_io import AtomicCheckpointIO
 from dna_mamba.lit.datamodule import GenomeDataConfig, GenomeDataModule
 from dna_mamba.lit.plots import plot_training_curves
 from dna_mamba.lit.pretrain import OptimConfig, PretrainModule
-from dna_mamba.lit.resume import RunCSVLogger, check_same_data, find_resume_point, refuse_to_overwrite
+from dna_mamba.lit.resume import RunCSVLogger, check_same_data, find_resume_point, record_settings, refuse_to_overwrite
 from dna_mamba.model import DnaMambaConfig, fused_block, save_pretrained
 from dna_mamba.model.io import load_weights
 
@@ -193,8 +193,12 @@ def run_pretraining(
     init_from: str | None = None,
     run_baseline: bool = True,
     export: bool = True,
+    settings: str | None = None,
 ) -> dict:
-    """Pretrain, evaluate, compare with the Markov baseline, plot, and export. Returns the summary dict."""
+    """Pretrain, evaluate, compare with the Markov baseline, plot, and export. Returns the summary dict.
+
+    ``settings``: text recorded as ``out_dir/config.yaml`` once the run is accepted (the entry point's config).
+    """
     require_accelerator(trainer_config)
     out_dir = Path(trainer_config.out_dir)
     resume_point = find_resume_point(resume, out_dir)
@@ -203,6 +207,7 @@ def run_pretraining(
     else:
         check_same_data(resume_point, data_config.identity())
     out_dir.mkdir(parents=True, exist_ok=True)
+    record_settings(out_dir, settings)
     L.seed_everything(seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
 

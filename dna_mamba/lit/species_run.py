@@ -21,7 +21,7 @@ import torch
 from dna_mamba.export import load_model_source
 from dna_mamba.lit.callbacks import EpochSeeder
 from dna_mamba.lit.pretrain import OptimConfig
-from dna_mamba.lit.resume import check_same_data, find_resume_point, refuse_to_overwrite
+from dna_mamba.lit.resume import check_same_data, find_resume_point, record_settings, refuse_to_overwrite
 from dna_mamba.lit.runner import (
     TrainerConfig,
     build_trainer,
@@ -126,7 +126,7 @@ def apply_memory_settings(module: SpeciesModule, trainer_config: TrainerConfig, 
 def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, trainer_config: TrainerConfig,
                 seq_len: int, *, micro_batch_tokens: int | None = None, optim: OptimConfig | None = None,
                 seed: int = 0, init_from: str | None = None, resume: str | None = None,
-                dataset: SpeciesDataset | None = None, replace_run: bool = False) -> dict:
+                dataset: SpeciesDataset | None = None, replace_run: bool = False, settings: str | None = None) -> dict:
     """Fine-tune a species classifier at one context; evaluate it and the k-mer baseline on the test windows.
 
     Args:
@@ -144,6 +144,7 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
         dataset: an opened dataset (otherwise opened from ``task``).
         replace_run: start over in an ``out_dir`` that already holds a run (a sweep re-running a context). Otherwise
             a new run (no ``resume``) there is refused, before any data is prepared, as for pretraining.
+        settings: text recorded as ``out_dir/config.yaml`` once the run is accepted (the entry point's config).
 
     Returns:
         The ``results.json`` dict.
@@ -158,6 +159,7 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
     if resume_point is None and not replace_run:
         refuse_to_overwrite(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    record_settings(out_dir, settings)
     L.seed_everything(seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")
     dataset = dataset or open_species_dataset(task, seed=seed, progress=trainer_config.enable_progress_bar)
