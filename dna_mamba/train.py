@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -19,6 +20,26 @@ from omegaconf.errors import MissingMandatoryValue
 from dna_mamba.errors import report_user_errors
 
 CONFIG_PATH = "pkg://dna_mamba.conf"
+
+
+def backbone_label(model_name: str, init_from: str | None) -> str:
+    """The backbone part of a default run name: the model group, or, when the run starts from a saved model (whose
+    sizes replace the group's), ``from_`` and the run that saved it (``runs/x/model`` and
+    ``runs/x/checkpoints/last.ckpt`` are both run ``x``)."""
+    if not init_from:
+        return model_name
+    path = Path(init_from)
+    if path.suffix == ".ckpt" and path.parent.name == "checkpoints":
+        label = path.parent.parent.name
+    elif path.name == "model":
+        label = path.parent.name
+    else:
+        label = path.stem
+    return f"from_{label or 'saved_model'}"
+
+
+# The configs' default run names use it: ${dna_mamba.backbone:${model.name},${init_from}}.
+OmegaConf.register_new_resolver("dna_mamba.backbone", backbone_label, replace=True)
 
 
 def build_configs(cfg: DictConfig):

@@ -66,6 +66,20 @@ def test_every_option_composes(group):
         assert data.fasta
 
 
+@pytest.mark.parametrize("init_from, backbone", [
+    (None, "1.4m"),
+    ("runs/ecoli_tiny_1k/model", "from_ecoli_tiny_1k"),
+    ("runs/ecoli_tiny_1k/checkpoints/last.ckpt", "from_ecoli_tiny_1k"),
+    ("pretrained/human_7m", "from_human_7m"),
+])
+def test_default_run_names_say_which_backbone_the_run_starts_from(init_from, backbone):
+    # With init_from the saved model's sizes replace the model group's, so the name must not claim the group's size.
+    overrides = [] if init_from is None else [f"init_from={init_from}"]
+    cfg = composed(["experiment=species_bacteria", *overrides])
+    assert cfg.name == f"species_bacteria_{backbone}_32k" and cfg.out_dir == f"runs/{cfg.name}"
+    assert composed(["model=tiny", *overrides]).name == f"ecoli_{'tiny' if init_from is None else backbone}_1k"
+
+
 def test_data_presets_requiring_a_path_say_so():
     cfg = composed(["data=human_chr20"])
     with pytest.raises(Exception, match="fasta"):
