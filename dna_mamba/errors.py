@@ -7,8 +7,8 @@ import os
 import sys
 
 # Errors that describe bad input or settings, raised with messages meant for the user.
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, KeyError, PermissionError,
-                                                 IsADirectoryError, NotADirectoryError)
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, ValueError, KeyError,
+                                                 PermissionError, IsADirectoryError, NotADirectoryError)
 
 # What `python -m dna_mamba.train` can lower when a step does not fit.
 TRAINING_MEMORY_ADVICE = ("trainer.segment_len=65536 (segment checkpointing), trainer.activation_checkpointing=true, "

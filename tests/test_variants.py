@@ -621,3 +621,254 @@ def test_out_of_memory_names_the_scoring_options(model_dir, tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert f"error: out of memory while scoring (CUDA out of memory. Tried to allocate 8.00 GiB); {advice}" in err
     assert "trainer." not in err
+
+
+# ------------------------------------------------------------------------------------------------ inputs and outputs
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was loaded before the arguments were checked")
+
+
+@pytest.fixture
+def small_inputs(tmp_path):
+    """A FASTA and a one-record VCF of the test contig."""
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">chr7\n" + CONTIG + "\n")
+    vcf = tmp_path / "in.vcf"
+    vcf.write_text(VCF_HEADER + f"chr7\t5\t.\t{base(5)}\t{other(base(5))}\t.\t.\t.\n")
+    return fasta, vcf
+
+
+def _cli_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("spelling", ["same", "symlink", "dotted"])
+def test_cli_refuses_to_overwrite_its_input_before_loading_the_model(small_inputs, tmp_path, monkeypatch, capsys,
+                                                                     spelling):
+    import dna_mamba.tasks.variants
+
+    monkeypatch.setattr(dna_mamba.tasks.variants, "load_scoring_model", _no_model)
+    fasta, vcf = small_inputs
+    content = vcf.read_bytes()
+    out = {"same": vcf, "dotted": tmp_path / "." / ".." / tmp_path.name / "in.vcf"}.get(spelling)
+    if spelling == "symlink":
+        out = tmp_path / "link.vcf"
+        out.symlink_to(vcf)
+    err = _cli_error(["score-vcf", "--fasta", str(fasta), "--vcf", str(vcf), "--out", str(out)], capsys)
+    assert f"--out {out}: is the --vcf input {vcf}" in err
+    assert vcf.read_bytes() == content
+    table = tmp_path / "in.tsv"
+    table.write_text("chrom\tpos\tref\talt\nchr7\t5\tA\tC\n")
+    err = _cli_error(["score-vcf", "--fasta", str(fasta), "--table", str(table), "--out", str(tmp_path / "o.tsv"),
+                      "--tsv", str(table)], capsys)
+    assert f"--tsv {table}: is the --table input" in err
+    err = _cli_error(["score-vcf", "--fasta", str(fasta), "--vcf", str(vcf), "--out", str(tmp_path / "o.vcf"),
+                      "--tsv", str(tmp_path / "o.vcf")], capsys)
+    assert "is also the --out output" in err
+
+
+def test_write_scored_vcf_refuses_its_input_and_never_leaves_half_a_file(model, tmp_path):
+    from dna_mamba.tasks.vcf_io import write_scored_vcf
+
+    vcf = tmp_path / "in.vcf"
+    vcf.write_text(VCF_HEADER + GOOD_RECORD + "chr7\tabc\t.\tA\tG\t.\t.\t.\n")  # the second record cannot be read
+    scores = pd.DataFrame({"record_index": [0], "alt_index": [0], "llr": [0.5]})
+    with pytest.raises(ValueError, match="would overwrite the input VCF"):
+        write_scored_vcf(vcf, tmp_path / "." / "in.vcf", "", scores)
+    out = tmp_path / "out.vcf"
+    out.write_text("an earlier run's output\n")
+    with pytest.raises(OSError, match="truncated file"):  # htslib, half way through the copy
+        write_scored_vcf(vcf, out, VCF_HEADER, scores)
+    assert out.read_text() == "an earlier run's output\n"  # not truncated, not half written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.vcf", "out.vcf"]  # no temporary file left
+
+
+def test_unsorted_bgzip_output_drops_an_earlier_index(tmp_path):
+    from dna_mamba.tasks.vcf_io import write_scored_vcf
+
+    vcf = tmp_path / "in.vcf"
+    vcf.write_text(VCF_HEADER + "chr7\t9\t.\tA\tC\t.\t.\t.\n" + GOOD_RECORD)  # POS 9 before POS 5: tabix refuses
+    header = read_vcf(vcf)[1]
+    out = tmp_path / "out.vcf.gz"
+    (tmp_path / "out.vcf.gz.tbi").write_bytes(b"index of an earlier output")
+    scores = pd.DataFrame({"record_index": [0, 1], "alt_index": [0, 0], "llr": [0.5, -0.5]})
+    with pytest.warns(UserWarning, match="not indexed"):
+        write_scored_vcf(vcf, out, header, scores)
+    assert not (tmp_path / "out.vcf.gz.tbi").exists()  # it would point readers into the old file
+    assert [r.info["DNAM_LLR"] for r in pysam.VariantFile(str(out))] == [(0.5,), (-0.5,)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.vcf", "out.vcf.gz"]
+
+
+@pytest.mark.parametrize("writer", ["scores", "mutagenesis"])
+def test_tsv_outputs_are_replaced_only_when_complete(tmp_path, monkeypatch, writer):
+    import os
+    from contextlib import nullcontext
+
+    from dna_mamba.tasks.mutagenesis import MutagenesisResult, write_mutagenesis_tsv
+    from dna_mamba.tasks.vcf_io import write_scores_tsv
+
+    def disk_full(self, path_or_buf, *args, **kwargs):
+        """Write the first line, then fail as a full disk does."""
+        with open(path_or_buf, "w") if isinstance(path_or_buf, str | os.PathLike) else nullcontext(path_or_buf) as f:
+            f.write("chrom\tpos\n")
+        raise OSError(28, "No space left on device")
+
+    out = tmp_path / "out.tsv"
+    out.write_text("an earlier run's output\n")
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        if writer == "scores":
+            write_scores_tsv(pd.DataFrame({"chrom": ["chr7"], "pos": [5], "record_index": [0]}), out)
+        else:
+            llr = np.full((2, 4), 0.5)
+            result = MutagenesisResult("chr7", 4, 6, {"llr": llr, "llr_fwd": llr, "llr_rc": llr}, encode("AC"),
+                                       ScoringConfig())
+            write_mutagenesis_tsv(result, out)
+    assert out.read_text() == "an earlier run's output\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tsv"]
+
+
+@pytest.mark.parametrize("alt", ["N", "R", "GN", "n", "y"])
+def test_alts_with_n_or_iupac_codes_are_skipped_not_scored(model, reference, alt):
+    alleles = prepare_alleles(records(("chr7", 10, base(10), [alt, other(base(10))])), reference)
+    assert [a.skip for a in alleles] == ["ambiguous_alt", None]
+    table = score_variants(model, reference, [("chr7", 10, base(10), alt)], ScoringConfig(window=4, context=8)).table
+    assert table.skip_reason[0] == "ambiguous_alt" and np.isnan(table.llr[0])
+
+
+@pytest.mark.parametrize("command", ["score-vcf", "mutagenesis"])
+def test_output_under_a_file_fails_before_loading_the_model(small_inputs, tmp_path, monkeypatch, capsys, command):
+    import dna_mamba.tasks.variants
+
+    monkeypatch.setattr(dna_mamba.tasks.variants, "load_scoring_model", _no_model)
+    fasta, vcf = small_inputs
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    if command == "score-vcf":
+        argv = [command, "--fasta", str(fasta), "--vcf", str(vcf), "--out", str(blocker / "sub" / "out.vcf")]
+        shown = f"--out {blocker}/sub/out.vcf"
+    else:
+        argv = [command, "--fasta", str(fasta), "--region", "chr7:10-20", "--out", str(blocker / "ism")]
+        shown = f"--out {blocker}/ism.tsv"
+    err = _cli_error(argv, capsys)
+    assert f"error: {shown}: cannot create its folder inside {blocker}, which is a file" in err
+    (tmp_path / "folder.vcf").mkdir()
+    err = _cli_error(["score-vcf", "--fasta", str(fasta), "--vcf", str(vcf), "--out", str(tmp_path / "folder.vcf")],
+                     capsys)
+    assert "folder.vcf: is a directory" in err
+
+
+@pytest.mark.parametrize("command", ["score-vcf", "mutagenesis"])
+@pytest.mark.parametrize("device, message", [
+    ("foo", "--device foo: not a torch device (use cpu, cuda, cuda:1, mps or auto)"),
+    ("cuda", "--device cuda: CUDA is not available on this machine"),
+    ("cuda:1", "--device cuda:1: CUDA is not available on this machine"),
+    ("meta", "--device meta: dna_mamba runs on cpu, cuda or mps, not meta"),
+])
+def test_bad_device_is_one_line(small_inputs, tmp_path, monkeypatch, capsys, command, device, message):
+    import dna_mamba.tasks.variants
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    monkeypatch.setattr(dna_mamba.tasks.variants, "load_scoring_model", _no_model)
+    fasta, vcf = small_inputs
+    if command == "score-vcf":
+        argv = [command, "--fasta", str(fasta), "--vcf", str(vcf), "--out", str(tmp_path / "o.vcf")]
+    else:
+        argv = [command, "--fasta", str(fasta), "--region", "chr7:10-20", "--out", str(tmp_path / "m")]
+    assert _cli_error([*argv, "--device", device], capsys).startswith(f"error: {message}")
+
+
+def test_auto_and_cpu_devices_still_run(small_inputs, model_dir, tmp_path):
+    fasta, vcf = small_inputs
+    for device in ("auto", "cpu"):
+        assert main(["score-vcf", "--model", str(model_dir), "--fasta", str(fasta), "--vcf", str(vcf), "--out",
+                     str(tmp_path / f"{device}.vcf"), "--window", "4", "--context", "8", "--no-progress",
+                     "--device", device]) == 0
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("in.tsv", "chrom\tpos\tref\talt\nchr7\t99999999999999999999999\tA\tC\n",
+     "in.tsv: column 'pos' row 1 has '99999999999999999999999', a position beyond any contig"),
+    ("in.tsv", "chrom\tpos\tref\talt\nchr7\t1e30\tA\tC\n", "in.tsv: column 'pos' row 1 has '1e30', a position beyond"),
+    ("in.tsv", "", "in.tsv: empty file, not a variant table"),
+    ("in.csv", 'chrom,pos,ref,alt\nchr7,10,A,"C\n', "in.csv: cannot be read as a comma-separated table (Error "
+     "tokenizing data"),
+    ("in.vcf", VCF_HEADER + GOOD_RECORD, "in.vcf: a VCF/BCF file, not a variant table; pass it with --vcf"),
+    ("in.txt", VCF_HEADER + GOOD_RECORD, "in.txt: a VCF/BCF file, not a variant table; pass it with --vcf"),
+], ids=["overflow", "float_overflow", "empty", "unclosed_quote", "vcf_by_name", "vcf_by_content"])
+def test_bad_variant_tables_are_one_line_naming_the_file(tmp_path, capsys, name, content, message):
+    table = tmp_path / name
+    table.write_text(content)
+    with pytest.raises(ValueError) as info:
+        read_variant_table(table)
+    assert str(info.value).startswith(f"{tmp_path}/{message}")
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">chr7\n" + CONTIG + "\n")
+    err = _cli_error(["score-vcf", "--fasta", str(fasta), "--table", str(table), "--out", str(tmp_path / "o.tsv")],
+                     capsys)
+    assert err.startswith(f"error: {tmp_path}/{message}")
+
+
+def test_directories_are_not_reported_as_missing_files(small_inputs, tmp_path, capsys):
+    fasta, vcf = small_inputs
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    readers = [(read_vcf, "VCF file"), (ReferenceGenome, "FASTA file"), (read_variant_table, "variant table")]
+    for reader, kind in readers:
+        with pytest.raises(IsADirectoryError, match=f"^{folder} is a directory, not a {kind}$"):
+            reader(folder)
+    err = _cli_error(["score-vcf", "--fasta", str(fasta), "--vcf", str(folder), "--out", str(tmp_path / "o.vcf")],
+                     capsys)
+    assert err.startswith(f"error: {folder} is a directory, not a VCF file")
+
+
+def test_reference_from_sequences_takes_bytes_and_refuses_other_types():
+    assert np.array_equal(ReferenceGenome.from_sequences({"chr7": CONTIG.encode()}).fetch("chr7", 0, 180),
+                          encode(CONTIG))
+    assert ReferenceGenome.from_sequences({"chr7": encode(CONTIG[:9]).astype(np.int64)}).lengths == {"chr7": 9}
+    with pytest.raises(TypeError, match="contig 'chr7': expected a DNA string, ASCII bytes or a token-id array"):
+        ReferenceGenome.from_sequences({"chr7": list("ACGT")})
+    with pytest.raises(TypeError, match="sequences must map contig names"):
+        ReferenceGenome.from_sequences(["ACGT"])
+    with pytest.raises(TypeError, match="contig names must be strings, got 7"):
+        ReferenceGenome.from_sequences({7: "ACGT"})
+    with pytest.raises(ValueError, match="token ids must be 0..4"):
+        ReferenceGenome.from_sequences({"chr7": np.array([0, 1, 9])})
+
+
+def test_variant_api_type_errors_name_the_field(model, reference):
+    config = ScoringConfig(window=4, context=8)
+    b = base(10)
+    with pytest.raises(ValueError, match="column 'alt' row 1 is empty \\(None or NaN\\); write '.' for a record"):
+        score_variants(model, reference, [("chr7", 10, b, None)], config)
+    with pytest.raises(ValueError, match="column 'ref' row 2 is empty \\(None or NaN\\)$"):
+        score_variants(model, reference, [("chr7", 10, b, "A"), ("chr7", 11, None, "A")], config)
+    with pytest.raises(TypeError, match="a single variant must still be in a list"):
+        score_variants(model, reference, ("chr7", 10, b, "A"), config)
+    with pytest.raises(TypeError, match="variant 0: expected a \\(chrom, pos, ref, alt\\) tuple, got \\('chr7', 10\\)"):
+        score_variants(model, reference, [("chr7", 10)], config)
+    # A list of ALTs is a multi-allelic variant, as a comma-separated ALT is; a position written as text is read
+    # as it is in a TSV.
+    alts = [a for a in "ACGT" if a != b][:2]
+    listed = score_variants(model, reference, [("chr7", 10, b, alts)], config).table
+    joined = score_variants(model, reference, [("chr7", "10", b, ",".join(alts))], config).table
+    assert list(listed.alt) == alts and listed.llr.notna().all()
+    np.testing.assert_array_equal(listed.llr, joined.llr)
+    with pytest.raises(TypeError, match="VariantRecord 0 \\(chr7:10\\): pos must be an integer \\(1-based\\), got '1"):
+        VariantRecord(0, "chr7", "10", ".", b, ("A",))
+    with pytest.raises(TypeError, match="alts must be a tuple of ALT strings"):
+        VariantRecord(0, "chr7", 10, ".", b, "A")
+    with pytest.raises(TypeError, match="alts must be a tuple of ALT strings"):
+        VariantRecord(0, "chr7", 10, ".", b, (None,))
+    with pytest.raises(TypeError, match="ref must be a string, got None"):
+        score_records(model, reference, [VariantRecord(0, "chr7", 10, ".", None, ("A",))], config)
+    with pytest.raises(TypeError, match="start must be an integer \\(0-based\\), got '10'"):
+        saturation_mutagenesis(model, reference, "chr7", "10", 20, config)

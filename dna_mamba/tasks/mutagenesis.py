@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import pandas as pd
 import torch
 
 from dna_mamba.model import DnaMambaLM, LayerState
+from dna_mamba.outputs import atomic_output
 from dna_mamba.tasks.variants import ModelRunner, ScoringConfig, _check_layer
 from dna_mamba.tasks.vcf_io import ReferenceGenome
 from dna_mamba.tokenizer import COMPLEMENT_TABLE, ID_TO_CHAR, N
@@ -99,8 +101,14 @@ def saturation_mutagenesis(model: DnaMambaLM, reference: ReferenceGenome, contig
 
     Raises:
         KeyError: unknown contig.
+        TypeError: ``contig`` is not a string, or ``start``/``end`` not integers.
         ValueError: an empty or out-of-range region.
     """
+    if not isinstance(contig, str):
+        raise TypeError(f"contig must be a string such as 'chr20', got {contig!r} ({type(contig).__name__})")
+    for name, value in (("start", start), ("end", end)):
+        if not isinstance(value, Integral) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer (0-based), got {value!r} ({type(value).__name__})")
     config = config or ScoringConfig()
     _check_layer(model, config.layer)
     name = reference.resolve(contig)
@@ -237,8 +245,8 @@ def _progress(progress: bool | Callable[[int], None], total: int):
 def write_mutagenesis_tsv(result: MutagenesisResult, path: str | Path) -> Path:
     """The substitution table as TSV."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    result.table().to_csv(path, sep="\t", index=False, na_rep="NA", float_format="%.6g")
+    with atomic_output(path) as tmp:
+        result.table().to_csv(tmp, sep="\t", index=False, na_rep="NA", float_format="%.6g")
     return path
 
 
@@ -246,9 +254,8 @@ def write_bedgraph(result: MutagenesisResult, path: str | Path, stat: str = "mea
     """One bedGraph interval per scored position (0-based, half-open) with the mean or minimum LLR."""
     values = result.per_position(stat)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     description = {"mean": "mean LLR of the 3 substitutions", "min": "minimum LLR of the 3 substitutions"}[stat]
-    with open(path, "w") as handle:
+    with atomic_output(path) as tmp, open(tmp, "w") as handle:
         handle.write(f'track type=bedGraph name="dna_mamba_ISM" description="{description} (nats)"\n')
         for offset in np.flatnonzero(np.isfinite(values)):
             position = result.start + int(offset)
@@ -288,7 +295,6 @@ def plot_mutagenesis(result: MutagenesisResult, path: str | Path | None = None, 
     bottom.set_ylabel("substituted base (grey: reference)")
     fig.colorbar(image, ax=bottom, label="LLR (nats)", pad=0.01)
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=120)
     return fig

@@ -644,16 +644,38 @@ def score_variants(model: DnaMambaLM, reference: ReferenceGenome, variants: pd.D
                    config: ScoringConfig | None = None, *, progress: bool = False) -> ScoreResult:
     """Score variants given as a table (columns chrom, pos, ref, alt; pos 1-based) or (chrom, pos, ref, alt) tuples.
 
+    ALT may be comma-separated or a list of ALTs (a multi-allelic variant), '.' when missing.
+
     Example:
         >>> result = score_variants(model, ReferenceGenome("hg19.fa"), [("chr20", 82176, "T", "C")])
         >>> result.table[["chrom", "pos", "ref", "alt", "llr"]]
+
+    Raises:
+        TypeError: ``variants`` is neither a DataFrame nor a sequence of 4-tuples, or a cell holds a container where
+            text belongs.
+        ValueError: a missing column, a position that is not an integer, or an empty (None/NaN) cell.
     """
     from dna_mamba.tasks.vcf_io import read_variant_table
 
     if not isinstance(variants, pd.DataFrame):
-        variants = pd.DataFrame(list(variants), columns=["chrom", "pos", "ref", "alt"])
+        variants = pd.DataFrame(_variant_rows(variants), columns=["chrom", "pos", "ref", "alt"])
     records, _ = read_variant_table(variants)
     return score_records(model, reference, records, config, progress=progress)
+
+
+def _variant_rows(variants: object) -> list[tuple]:
+    """The (chrom, pos, ref, alt) tuples of ``score_variants``, checked for shape before pandas sees them."""
+    if isinstance(variants, str | bytes) or not isinstance(variants, Iterable):
+        raise TypeError(f"variants must be a DataFrame or a list of (chrom, pos, ref, alt) tuples, "
+                        f"got {type(variants).__name__}")
+    rows = list(variants)
+    for index, row in enumerate(rows):
+        if isinstance(row, str | bytes) or not isinstance(row, Sequence) or len(row) != 4:
+            # A lone tuple instead of a list of them fails here on its first item, the chrom string.
+            single = index == 0 and isinstance(row, str)
+            hint = " (a single variant must still be in a list: [(chrom, pos, ref, alt)])" if single else ""
+            raise TypeError(f"variant {index}: expected a (chrom, pos, ref, alt) tuple, got {row!r}{hint}")
+    return rows
 
 
 def summarize_skips(result: ScoreResult) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dna_mamba.errors import report_user_errors
+from dna_mamba.outputs import check_output, parse_device
 
 _DEFAULTS = dict(window=256, context=8192, batch_size=64, stream_tokens=1 << 21)
 # Out of memory outside the scoring loops (which name the values in use, _memory_advice below).
@@ -38,17 +39,25 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="score the forward strand only, or both and average (default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=_DEFAULTS["batch_size"],
                         help="haplotype windows per forward pass (default %(default)s)")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1' or 'mps'")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
 
 
-def _device(name: str) -> str:
-    import torch
+def _check_outputs(outputs: list[tuple[str, Path]], inputs: dict[str, str | None]) -> None:
+    """Refuse, before any model compute, outputs that cannot be written, would overwrite an input, or are one file.
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    Args:
+        outputs: (option, file it writes) pairs, e.g. ``("--out", Path("out.vcf"))``.
+        inputs: option -> the file it reads (None when the option was not given).
+    """
+    seen: dict[Path, str] = {}
+    for option, path in outputs:
+        check_output(path, f"{option} {path}", inputs)
+        resolved = path.resolve()
+        if resolved in seen:
+            raise ValueError(f"{option} {path}: is also the {seen[resolved]} output; give each output its own file")
+        seen[resolved] = option
 
 
 def build_score_parser() -> argparse.ArgumentParser:
@@ -102,11 +111,13 @@ def _score(args: argparse.Namespace) -> int:
                          f"use --tsv for a table")
     if args.table and is_vcf_path(args.out):
         raise ValueError(f"--out {args.out}: with --table the output is a TSV; a VCF output needs a --vcf input")
+    outputs = [("--out", Path(args.out))] + ([("--tsv", Path(args.tsv))] if args.tsv else [])
+    _check_outputs(outputs, {"--vcf": args.vcf, "--table": args.table, "--fasta": args.fasta})
     config = ScoringConfig(window=args.window, context=args.context, strands=args.strands,
                            embeddings=not args.no_embeddings, layer=args.layer, cached=not args.naive,
                            batch_size=args.batch_size, snapshot_stride=args.snapshot_stride,
                            stream_tokens=args.stream_tokens)
-    device = _device(args.device)
+    device = parse_device(args.device)
     model = load_scoring_model(args.model, device=device)
     if args.vcf:
         records, header = read_vcf(args.vcf)
@@ -208,16 +219,19 @@ def _mutagenesis(args: argparse.Namespace) -> int:
     from dna_mamba.tasks.vcf_io import ReferenceGenome
 
     chrom, start, end = parse_region(args.region)
+    prefix = Path(args.out)
+    outputs = [("--out", prefix.with_name(prefix.name + suffix))
+               for suffix in (".tsv", ".bedGraph") + (() if args.no_plot else (".png",))]
+    _check_outputs(outputs, {"--fasta": args.fasta})
     config = ScoringConfig(window=args.window, context=args.context, strands=args.strands, embeddings=False,
                            batch_size=args.batch_size)
-    device = _device(args.device)
+    device = parse_device(args.device)
     model = load_scoring_model(args.model, device=device)
     started = time.perf_counter()
     memory_options = f"--batch-size (now {args.batch_size}) or --context (now {args.context})"
     with ReferenceGenome(args.fasta) as reference, _memory_advice(memory_options):
         result = saturation_mutagenesis(model, reference, chrom, start, end, config, progress=not args.no_progress)
     elapsed = time.perf_counter() - started
-    prefix = Path(args.out)
     outputs = [write_mutagenesis_tsv(result, prefix.with_name(prefix.name + ".tsv")),
                write_bedgraph(result, prefix.with_name(prefix.name + ".bedGraph"), args.bedgraph_stat)]
     if not args.no_plot:

@@ -20,6 +20,7 @@ import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ import pandas as pd
 
 from dna_mamba.data.fasta import FastaFormatError, check_fasta, check_fasta_index, detect_compression
 from dna_mamba.genomics import AmbiguousContigError, UnknownContigError, open_maybe_gzip, resolve_contig_name
+from dna_mamba.outputs import atomic_output, same_file
 from dna_mamba.tokenizer import ENCODE_TABLE, N, encode, encode_bytes, reverse_complement
 
 PathLike = str | os.PathLike
@@ -35,6 +37,7 @@ SKIP_REASONS: dict[str, str] = {
     "missing_alt": "ALT is '.' (no alternative allele)",
     "symbolic_alt": "symbolic or breakend ALT (<DEL>, <INS>, *, N[1:2[, ...): no sequence to score",
     "invalid_allele": "REF or ALT holds characters other than A, C, G, T, N or IUPAC codes",
+    "ambiguous_alt": "ALT holds N or an IUPAC ambiguity code (R, Y, ...): the alternative sequence is unknown",
     "unknown_contig": "the contig is not in the FASTA, even after chr1/1 and chrM/MT harmonisation",
     "ambiguous_contig": "the contig name matches several FASTA contigs after chr1/1 and chrM/MT harmonisation",
     "alt_equals_ref": "ALT is the same sequence as REF: nothing changes",
@@ -45,6 +48,9 @@ SKIP_REASONS: dict[str, str] = {
 
 _SYMBOLIC = re.compile(r"^<.*>$|^\*$|[\[\]]|^\.[A-Za-z]|[A-Za-z]\.$")
 _VALID_ALLELE = re.compile(r"^[A-Za-z]+$")
+# An ALT is a sequence to score: an N or IUPAC code in it would be scored as N, i.e. not scored at all at that base,
+# and the allele would get the LLR of some other, unknown sequence.
+_SCORABLE_ALT = re.compile(r"^[ACGTacgt]+$")
 
 
 class ReferenceGenome:
@@ -59,6 +65,7 @@ class ReferenceGenome:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is a directory.
     """
 
     def __init__(self, path: PathLike | None = None, *, sequences: Mapping[str, np.ndarray] | None = None):
@@ -68,8 +75,7 @@ class ReferenceGenome:
         if sequences is not None:
             self._arrays = {name: np.asarray(ids, dtype=np.uint8) for name, ids in sequences.items()}
         elif self.path is not None:
-            if not self.path.is_file():
-                raise FileNotFoundError(f"{self.path}: no such FASTA file")
+            _check_input_file(self.path, "FASTA file")
             self._fasta = _open_indexed_fasta(self.path)
             if self._fasta is None:
                 from dna_mamba.data.fasta import read_fasta
@@ -83,9 +89,17 @@ class ReferenceGenome:
             self.lengths = {name: len(ids) for name, ids in self._arrays.items()}
 
     @classmethod
-    def from_sequences(cls, sequences: Mapping[str, str | np.ndarray]) -> ReferenceGenome:
-        """A reference held in memory: contig name -> DNA string or uint8 token ids (for tests and notebooks)."""
-        return cls(sequences={name: encode(s) if isinstance(s, str) else s for name, s in sequences.items()})
+    def from_sequences(cls, sequences: Mapping[str, str | bytes | np.ndarray]) -> ReferenceGenome:
+        """A reference held in memory: contig name -> DNA string, ASCII bytes or token ids (for tests and notebooks).
+
+        Raises:
+            TypeError: ``sequences`` is not a mapping, a name is not a string, or a sequence is of another type.
+            ValueError: a sequence holds characters that are not bases, or token ids other than A, C, G, T, N.
+        """
+        if not isinstance(sequences, Mapping):
+            raise TypeError(f"sequences must map contig names to sequences, e.g. {{'chr1': 'ACGT'}}, "
+                            f"got {type(sequences).__name__}")
+        return cls(sequences={_contig_name(name): _sequence_ids(name, s) for name, s in sequences.items()})
 
     def resolve(self, name: str) -> str | None:
         """The FASTA's spelling of a contig name (``chr20`` -> ``20``), or None when no contig, or several, match."""
@@ -143,6 +157,38 @@ class ReferenceGenome:
         self.close()
 
 
+def _contig_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"contig names must be strings, got {name!r} ({type(name).__name__})")
+    return name
+
+
+def _sequence_ids(name: str, sequence: object) -> np.ndarray:
+    """Token ids of one in-memory contig, which may be given as text, ASCII bytes or ids already."""
+    if isinstance(sequence, str):
+        return encode(sequence, record=name)
+    if isinstance(sequence, bytes | bytearray):
+        return encode_bytes(bytes(sequence), record=name)
+    if isinstance(sequence, np.ndarray):
+        if sequence.ndim != 1 or not np.issubdtype(sequence.dtype, np.integer):
+            raise TypeError(f"contig {name!r}: token ids must be a 1-D integer array, got shape {sequence.shape} "
+                            f"of {sequence.dtype}")
+        if sequence.size and (sequence.min() < 0 or sequence.max() > N):
+            raise ValueError(f"contig {name!r}: token ids must be 0..{N} (A, C, G, T, N), got values from "
+                             f"{sequence.min()} to {sequence.max()}")
+        return sequence.astype(np.uint8)
+    raise TypeError(f"contig {name!r}: expected a DNA string, ASCII bytes or a token-id array, "
+                    f"got {type(sequence).__name__}")
+
+
+def _check_input_file(path: Path, kind: str) -> None:
+    """FileNotFoundError or IsADirectoryError naming ``path`` when it is not a file to read."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not a {kind}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such {kind}")
+
+
 def _open_indexed_fasta(path: Path):
     """``pysam.FastaFile`` for ``path``, or None where pysam cannot index it (plain gzip, read-only folder)."""
     try:
@@ -195,6 +241,21 @@ class VariantRecord:
     id: str
     ref: str
     alts: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        # Records built in Python reach integer arithmetic and regexes only later, where a string position or a
+        # None allele would fail with a message that names neither the record nor the field.
+        where = f"VariantRecord {self.index} ({self.chrom}:{self.pos})"
+        if not isinstance(self.pos, Integral) or isinstance(self.pos, bool):
+            raise TypeError(f"{where}: pos must be an integer (1-based), got {self.pos!r} ({type(self.pos).__name__})")
+        for name in ("chrom", "id", "ref"):
+            if not isinstance(getattr(self, name), str):
+                value = getattr(self, name)
+                raise TypeError(f"{where}: {name} must be a string, got {value!r} ({type(value).__name__})")
+        if not isinstance(self.alts, tuple | list) or not all(isinstance(alt, str) for alt in self.alts):
+            raise TypeError(f"{where}: alts must be a tuple of ALT strings, e.g. ('C',) or ('C', 'CT'), "
+                            f"got {self.alts!r}")
+        object.__setattr__(self, "alts", tuple(self.alts))  # a list would make the frozen record unhashable
 
 
 @dataclass(frozen=True)
@@ -273,6 +334,8 @@ def _allele_problem(alt: str) -> str | None:
         return "symbolic_alt"
     if not _VALID_ALLELE.match(alt) or _is_invalid_sequence(alt):
         return "invalid_allele"
+    if not _SCORABLE_ALT.match(alt):
+        return "ambiguous_alt"
     return None
 
 
@@ -304,12 +367,12 @@ def read_vcf(path: PathLike) -> tuple[list[VariantRecord], str]:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        IsADirectoryError: ``path`` is a directory.
         ValueError: the file is not a VCF/BCF htslib can read, or a record is malformed (the message names the
             file and the line, or the record number in a BCF).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such VCF file")
+    _check_input_file(path, "VCF file")
     records = []
     with _open_variant_file(path) as vcf:
         try:
@@ -399,27 +462,26 @@ def read_variant_table(path_or_frame: PathLike | pd.DataFrame) -> tuple[list[Var
     """Records of a variant table: TSV, CSV (optionally gzipped) or parquet, or a DataFrame.
 
     Columns ``chrom``, ``pos`` (1-based), ``ref`` and ``alt`` are required (case-insensitive; ``#CHROM``,
-    ``position``, ... are accepted); ``id`` is optional. A comma-separated ``alt`` is a multi-allelic record.
+    ``position``, ... are accepted); ``id`` is optional. A comma-separated ``alt`` (or, in a DataFrame, a list of
+    ALTs) is a multi-allelic record; '.' is a missing ALT. Positions may be written as text (``"100"``), as they are
+    in a TSV.
 
     Returns:
         The records and the table itself (its other columns, e.g. labels, are carried to the output).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: a required column is missing or a position is not an integer.
+        IsADirectoryError: the path is a directory.
+        ValueError: the file cannot be parsed or is a VCF (read those with :func:`read_vcf`), a required column is
+            missing, a position is not an integer (or is too large for any contig), or a cell is empty (None/NaN).
+        TypeError: a DataFrame cell holds a container or bytes where text belongs.
     """
     if isinstance(path_or_frame, pd.DataFrame):
         table, label = path_or_frame.reset_index(drop=True), "<DataFrame>"
     else:
         path = Path(path_or_frame)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such variant table")
-        label = str(path)
-        name = path.name.lower().removesuffix(".gz")
-        if name.endswith((".parquet", ".pq")):
-            table = pd.read_parquet(path)
-        else:
-            table = pd.read_csv(path, sep="," if name.endswith(".csv") else "\t", dtype=str, keep_default_na=False)
+        _check_input_file(path, "variant table")
+        table, label = _read_table_file(path), str(path)
     found = {}
     lower = {str(c).lower(): c for c in table.columns}
     for key, names in _TABLE_COLUMNS.items():
@@ -427,24 +489,95 @@ def read_variant_table(path_or_frame: PathLike | pd.DataFrame) -> tuple[list[Var
         if column is None and key != "id":
             raise ValueError(f"{label}: no '{key}' column (columns: {', '.join(map(str, table.columns))})")
         found[key] = column
+    positions = _table_positions(table[found["pos"]], label, found["pos"])
+    records = []
+    for index, (chrom, pos, ref, alt) in enumerate(zip(table[found["chrom"]], positions, table[found["ref"]],
+                                                        table[found["alt"]], strict=True)):
+        where = (label, index)
+        ident = "." if found["id"] is None else _table_id(table[found["id"]].iloc[index])
+        records.append(VariantRecord(index, _table_text(chrom, found["chrom"], *where), pos, ident,
+                                     _table_text(ref, found["ref"], *where), _table_alts(alt, found["alt"], *where)))
+    return records, table
+
+
+def _read_table_file(path: Path) -> pd.DataFrame:
+    """The table in ``path``, with every parser's error turned into a ValueError that names the file."""
+    if is_vcf_path(path) or _starts_like_vcf(path):
+        raise ValueError(f"{path}: a VCF/BCF file, not a variant table; pass it with --vcf (read_vcf in Python)")
+    name = path.name.lower().removesuffix(".gz")
+    parquet = name.endswith((".parquet", ".pq"))
+    kind = "parquet" if parquet else "comma-separated" if name.endswith(".csv") else "tab-separated"
     try:
-        numbers = pd.to_numeric(table[found["pos"]], errors="raise")
+        if parquet:
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep="," if name.endswith(".csv") else "\t", dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: empty file, not a variant table (it needs a header line naming chrom, pos, ref "
+                         f"and alt)") from None
+    # ValueError covers pandas' ParserError, pyarrow's ArrowInvalid and undecodable bytes; the others are damaged
+    # gzip data. None of their messages names the file.
+    except (ValueError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{path}: cannot be read as a {kind} table ({first_line})") from None
+
+
+def _starts_like_vcf(path: Path) -> bool:
+    try:
+        with open_maybe_gzip(path) as handle:
+            start = handle.read(16)
+    except (OSError, EOFError, zlib.error):
+        return False  # the table reader then says what is wrong with the file
+    return start.startswith((b"##fileformat=VCF", b"BCF\x02"))
+
+
+# No contig comes near this many bases; past it a position read as float64 is no longer exact.
+_MAX_POSITION = 2**53
+
+
+def _table_positions(column: pd.Series, label: str, name: str) -> list[int]:
+    try:
+        numbers = pd.to_numeric(column, errors="raise")
     except (ValueError, TypeError) as err:
-        raise ValueError(f"{label}: column '{found['pos']}' must hold integer positions ({err})") from None
-    fractional = np.flatnonzero(np.asarray(numbers.isna() | (numbers != np.floor(numbers))))
+        raise ValueError(f"{label}: column '{name}' must hold integer positions ({err})") from None
+    as_float = numbers.astype(np.float64)  # also holds the integers too large for int64 (object dtype)
+    fractional = np.flatnonzero(np.asarray(as_float.isna() | (as_float != np.floor(as_float))))
     if fractional.size:  # astype(int64) would truncate 2.5 to 2 and score another base
         row = int(fractional[0])
-        raise ValueError(f"{label}: column '{found['pos']}' must hold integer positions, row {row + 1} has "
-                         f"{table[found['pos']].iloc[row]!r}")
-    positions = numbers.astype(np.int64)
-    records = []
-    for index, (chrom, pos, ref, alt) in enumerate(zip(table[found["chrom"]].astype(str), positions,
-                                                        table[found["ref"]].astype(str),
-                                                        table[found["alt"]].astype(str), strict=True)):
-        ident = "." if found["id"] is None else str(table[found["id"]].iloc[index]) or "."
-        alts = tuple(a.strip() for a in alt.split(",")) if alt.strip() not in ("", ".") else ()
-        records.append(VariantRecord(index, chrom.strip(), int(pos), ident, ref.strip(), alts))
-    return records, table
+        raise ValueError(f"{label}: column '{name}' must hold integer positions, row {row + 1} has "
+                         f"{column.iloc[row]!r}")
+    too_large = np.flatnonzero(np.asarray(as_float.abs() >= _MAX_POSITION))
+    if too_large.size:  # astype(int64) would overflow, or wrap to a negative position
+        row = int(too_large[0])
+        raise ValueError(f"{label}: column '{name}' row {row + 1} has {column.iloc[row]!r}, a position beyond any "
+                         f"contig (positions are 1-based base numbers)")
+    return [int(p) for p in numbers.astype(np.int64)]
+
+
+def _table_text(value: object, column: str, label: str, index: int) -> str:
+    """A cell as stripped text: a number (chrom 7) becomes text; an empty cell or a container is an error."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list | tuple | set | dict | np.ndarray | bytes | bytearray):
+        raise TypeError(f"{label}: column '{column}' row {index + 1} holds a {type(value).__name__} "
+                        f"({value!r}), not text")
+    if pd.isna(value):
+        missing = "; write '.' for a record without ALT" if str(column).lower() in _TABLE_COLUMNS["alt"] else ""
+        raise ValueError(f"{label}: column '{column}' row {index + 1} is empty (None or NaN){missing}")
+    return str(value).strip()
+
+
+def _table_alts(value: object, column: str, label: str, index: int) -> tuple[str, ...]:
+    """ALTs of one row: a comma-separated string, or a list of ALT strings from a DataFrame; () for '.'."""
+    if isinstance(value, list | tuple):
+        return tuple(_table_text(alt, column, label, index) for alt in value)
+    text = _table_text(value, column, label, index)
+    return tuple(alt.strip() for alt in text.split(",")) if text not in ("", ".") else ()
+
+
+def _table_id(value: object) -> str:
+    if isinstance(value, str):
+        return value or "."
+    return "." if pd.isna(value) else str(value)
 
 
 def is_vcf_path(path: PathLike) -> bool:
@@ -486,7 +619,7 @@ def write_scored_vcf(input_path: PathLike, output_path: PathLike, header: str, s
 
     Records are copied as htslib formats them, with any earlier ``DNAM_*`` INFO entries replaced. Output is
     bgzip-compressed and tabix-indexed when the name ends in ``.gz``/``.bgz`` (unindexed, with a warning, if
-    the input is not sorted), plain text otherwise.
+    the input is not sorted), plain text otherwise. The file appears at ``output_path`` only once complete.
 
     Args:
         input_path: the VCF/BCF that was scored.
@@ -494,31 +627,55 @@ def write_scored_vcf(input_path: PathLike, output_path: PathLike, header: str, s
         header: the input header as returned by :func:`read_vcf` (with htslib's additions).
         scores: the score table (one row per allele with ``record_index``, ``alt_index`` and score columns).
         meta: written as one ``##dna_mamba_scoring=`` header line (model, window, context, ...).
+
+    Raises:
+        ValueError: ``output_path`` is the input file (under any spelling), which writing would destroy.
     """
     output_path = Path(output_path)
+    if same_file(input_path, output_path):
+        raise ValueError(f"{output_path}: the output would overwrite the input VCF {input_path}; write to "
+                         f"another file")
     fields = [f for f in INFO_FIELDS if f.column in scores.columns]
     per_record = _info_strings(scores, fields)
     lines = _output_header(header, fields, meta)
     compressed = output_path.name.lower().endswith((".gz", ".bgz"))
-    output_path.parent.mkdir(parents=True, exist_ok=True)
     import pysam
 
     opener = (lambda p: pysam.BGZFile(str(p), "wb")) if compressed else (lambda p: open(p, "wb"))
-    with opener(output_path) as out, _open_variant_file(Path(input_path)) as vcf:
-        out.write(("\n".join(lines) + "\n").encode())
-        for index, rec in enumerate(vcf):
-            columns = str(rec).rstrip("\n").split("\t")
-            kept = [e for e in columns[7].split(";") if e not in (".", "") and not e.startswith("DNAM_")]
-            columns[7] = ";".join(kept + per_record.get(index, [])) or "."
-            out.write(("\t".join(columns) + "\n").encode())
-    if compressed:
-        try:
-            with _quiet_htslib(pysam):
-                pysam.tabix_index(str(output_path), preset="vcf", force=True)
-        except (OSError, ValueError) as err:
-            warnings.warn(f"{output_path}: written but not indexed ({err}); sort the input to get a tabix index",
-                          stacklevel=2)
+    index, tmp_index, indexed = Path(f"{output_path}.tbi"), None, False
+    try:
+        with atomic_output(output_path) as tmp:
+            with opener(tmp) as out, _open_variant_file(Path(input_path)) as vcf:
+                out.write(("\n".join(lines) + "\n").encode())
+                for number, rec in enumerate(vcf):
+                    columns = str(rec).rstrip("\n").split("\t")
+                    kept = [e for e in columns[7].split(";") if e not in (".", "") and not e.startswith("DNAM_")]
+                    columns[7] = ";".join(kept + per_record.get(number, [])) or "."
+                    out.write(("\t".join(columns) + "\n").encode())
+            if compressed:
+                tmp_index = Path(f"{tmp}.tbi")
+                indexed = _tabix_index(tmp, output_path)
+        if indexed:
+            os.replace(tmp_index, index)
+        elif compressed:
+            index.unlink(missing_ok=True)  # an index left by an earlier run would point into the old file
+    finally:
+        if tmp_index is not None:
+            tmp_index.unlink(missing_ok=True)
     return output_path
+
+
+def _tabix_index(path: Path, shown: Path) -> bool:
+    """Tabix-index a bgzip VCF (``path.tbi``); False, with a warning naming ``shown``, when htslib cannot."""
+    import pysam
+
+    try:
+        with _quiet_htslib(pysam):
+            pysam.tabix_index(str(path), preset="vcf", force=True)
+    except (OSError, ValueError) as err:
+        warnings.warn(f"{shown}: written but not indexed ({err}); sort the input to get a tabix index", stacklevel=3)
+        return False
+    return True
 
 
 def _output_header(header: str, fields: Sequence[InfoField], meta: Mapping[str, object] | None) -> list[str]:
@@ -579,8 +736,7 @@ def write_scores_tsv(scores: pd.DataFrame, path: PathLike, extra: pd.DataFrame |
         carried = extra.drop(columns=[c for c in extra.columns if str(c).lower() in known])
         carried = carried.rename(columns={c: f"{c}_input" for c in carried.columns if c in table.columns})
         table = table.merge(carried, left_on="record_index", right_index=True, how="left")
-    path.parent.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "wt") as handle:
+    with atomic_output(path) as tmp, opener(tmp, "wt") as handle:
         table.drop(columns="record_index").to_csv(handle, sep="\t", index=False, na_rep="NA", float_format="%.6g")
     return path
