@@ -7,6 +7,7 @@ whose 1-based positions are 101..200. Nothing here reads sequence; see ``dna_mam
 from __future__ import annotations
 
 import gzip
+import operator
 import os
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -52,6 +53,15 @@ class Region:
     strand: str = "."
 
     def __post_init__(self) -> None:
+        if not isinstance(self.chrom, str):
+            raise TypeError(f"a region's contig name must be a string, got {self.chrom!r}")
+        for field_name in ("start", "end"):
+            value = getattr(self, field_name)
+            # Ints and numpy integers only: '10' or 10.0 would fail later, far from the cause.
+            if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+                raise TypeError(f"region {self.chrom}:{self.start}-{self.end}: {field_name} must be an integer, "
+                                f"got {value!r}")
+            object.__setattr__(self, field_name, operator.index(value))
         if not self.chrom:
             raise ValueError("a region needs a contig name")
         if self.start < 0:
@@ -125,6 +135,7 @@ def read_bed(source: str | os.PathLike | Iterable[str]) -> list[Region]:
 
     Raises:
         FileNotFoundError: the file does not exist.
+        IsADirectoryError: the path is a directory.
         BedFormatError: a line with fewer than 3 fields, non-integer coordinates, a negative start,
             ``end < start``, a bad strand, bytes that are not text, or corrupt gzip data; the message names the
             file and line.
@@ -136,6 +147,8 @@ def read_bed_lines(source: str | os.PathLike | Iterable[str]) -> list[tuple[int,
     """As :func:`read_bed`, each region with its 1-based line number, for messages about a region."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a directory, not a BED file")
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such BED file")
         try:
@@ -153,6 +166,9 @@ def _parse_bed(lines: Iterable[str | bytes], label: str) -> Iterator[tuple[int, 
                 line = line.decode("utf-8")
             except UnicodeDecodeError:
                 raise BedFormatError(f"{label}, line {number}: bytes that are not text; is this a BED file?") from None
+        if number == 1:
+            # Editors on Windows start UTF-8 files with a byte-order mark, which would become part of the contig name.
+            line = line.removeprefix("\ufeff")
         text = line.strip()
         if not text or text.startswith(_BED_HEADER_PREFIXES):
             continue

@@ -378,3 +378,198 @@ def test_downstream_probes():
     np.testing.assert_allclose(kmers[1, :4], [1, 0, 0, 0])
     np.testing.assert_allclose(kmers.sum(1), [2, 2])
 
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Inputs and outputs that must fail clearly (or work) rather than give a traceback or a wrong answer.
+
+
+def test_bed_with_a_byte_order_mark(model, reference, tmp_path):
+    path, contigs = reference
+    bed = tmp_path / "bom.bed"
+    bed.write_bytes("\ufeffchr1\t0\t10\tfirst\n".encode())  # as Notepad saves UTF-8
+    result = embed_regions(model, path, bed, progress=False)
+    assert result.regions == [Region("chr1", 0, 10, "first")]
+    np.testing.assert_allclose(result.values[0], embed(model, contigs["chr1"][:10], progress=False), atol=ATOL)
+    gzipped = tmp_path / "bom.bed.gz"
+    gzipped.write_bytes(gzip.compress(b"\xef\xbb\xbftrack name=x\nchr1\t0\t10\n"))
+    assert read_bed(gzipped) == [Region("chr1", 0, 10)]
+    assert read_bed(["\ufeffchr1\t0\t10"]) == read_bed([b"\xef\xbb\xbfchr1\t0\t10"]) == [Region("chr1", 0, 10)]
+
+
+def test_compressed_fasta_is_told_by_its_bytes_not_its_name(model, reference, tmp_path):
+    from Bio import bgzf
+
+    path, _ = reference
+    regions = [("chr1", 5, 45), ("MT", 0, 21, "mt", "-")]
+    expected = embed_regions(model, path, regions, progress=False).values
+    bgzipped = tmp_path / "bgzip.fa"
+    with bgzf.BgzfWriter(str(bgzipped), "wb") as writer:
+        writer.write(path.read_bytes())
+    for _ in range(2):  # the second run reads the index the first one wrote
+        np.testing.assert_allclose(embed_regions(model, bgzipped, regions, progress=False).values, expected, atol=ATOL)
+    # The index lies beside the file, as for bgzip.fa.gz; nothing else is left behind.
+    assert {p.name for p in tmp_path.iterdir()} <= {"bgzip.fa", "bgzip.fa.fai", "bgzip.fa.gzi"}
+    assert (tmp_path / "bgzip.fa.fai").is_file()
+    gzipped = tmp_path / "gzip.fa"
+    gzipped.write_bytes(gzip.compress(path.read_bytes()))
+    with pytest.warns(UserWarning, match="plain gzip has no random access"):
+        np.testing.assert_allclose(embed_regions(model, gzipped, regions, progress=False).values, expected, atol=ATOL)
+
+
+def test_directories_given_as_inputs_are_named(model, reference, tmp_path, capsys):
+    from dna_mamba.tasks.embed_cli import main
+
+    path, _ = reference
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match="folder: is a directory, not a BED file"):
+        embed_regions(model, path, folder, progress=False)
+    with pytest.raises(ValueError, match="folder: is a directory, not a FASTA file"):
+        embed_regions(model, folder, [("chr1", 0, 5)], progress=False)
+    model.save_pretrained(tmp_path / "model")
+    bed = tmp_path / "r.bed"
+    bed.write_text("chr1\t0\t10\n")
+    for fasta, bed_arg, message in [(path, folder, "is a directory, not a BED file"),
+                                    (folder, bed, "is a directory, not a FASTA file")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--model", str(tmp_path / "model"), "--fasta", str(fasta), "--bed", str(bed_arg), "--out",
+                  str(tmp_path / "r.npz"), "--no-progress", "--device", "cpu"])
+        assert exit_info.value.code == 1
+        assert f"error: {folder}: {message}" in capsys.readouterr().err
+
+
+def test_cli_device_errors(model, reference, tmp_path, capsys):
+    from dna_mamba.tasks.embed_cli import main
+
+    path, _ = reference
+    model.save_pretrained(tmp_path / "model")
+    argv = ["--model", str(tmp_path / "model"), "--fasta", str(path), "--window", "25", "--contigs", "chr1", "--out",
+            str(tmp_path / "w.npz"), "--no-progress"]
+    cases = {"foo": "--device foo: not a torch device (use cpu, cuda, cuda:1, mps or auto)",
+             "meta": "--device meta: dna_mamba runs on cpu, cuda or mps, not meta"}
+    if not torch.cuda.is_available():
+        cases["cuda"] = "--device cuda: CUDA is not available on this machine"
+        cases["cuda:1"] = "--device cuda:1: CUDA is not available on this machine"
+    for device, message in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--device", device])
+        assert exit_info.value.code == 1
+        assert f"error: {message}" in capsys.readouterr().err
+    assert main([*argv, "--device", "auto"]) == 0
+    assert load_embeddings(tmp_path / "w.npz").names == ["chr1:0-25", "chr1:25-50"]
+
+
+def test_bad_outputs_fail_before_any_work(model, reference, tmp_path, monkeypatch, capsys):
+    import dna_mamba.tasks.embed
+    from dna_mamba.tasks.embed_cli import main
+
+    path, _ = reference
+    model.save_pretrained(tmp_path / "model")
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the reference was read before the output was checked")
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("the model ran before the output was checked")
+
+    monkeypatch.setattr(dna_mamba.tasks.embed._Reference, "open", no_reading)
+    monkeypatch.setattr(dna_mamba.tasks.embed._Engine, "run", no_compute)
+    afile = tmp_path / "afile.txt"
+    afile.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "model"), "--fasta", str(path), "--window", "25", "--out",
+              str(afile / "emb.npz"), "--no-progress", "--device", "cpu"])
+    assert exit_info.value.code == 1
+    assert f"{afile / 'emb.npz'}: cannot create its folder inside {afile}, which is a file" in capsys.readouterr().err
+    with pytest.raises(NotADirectoryError, match="afile.txt, which is a file"):
+        embed_regions(model, path, window=25, out=afile / "deeper" / "emb.npy", progress=False)
+    with pytest.raises(NotADirectoryError, match="afile.txt, which is a file"):
+        embed(model, "ACGT", out=afile / "emb.npz", progress=False)
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(IsADirectoryError, match="folder.npz: is a directory; give a file name"):
+        embed(model, "ACGT", out=tmp_path / "folder.npz", progress=False)
+    # An output that would overwrite an input, even one with an output's suffix.
+    fasta = tmp_path / "ref.npz"
+    fasta.write_bytes(path.read_bytes())
+    bed = tmp_path / "regions.npy"
+    bed.write_text("chr1\t0\t10\n")
+    for fasta_arg, bed_arg, out, kind in [(fasta, [("chr1", 0, 5)], fasta, "FASTA"), (path, bed, bed, "BED"),
+                                          (path, bed, bed.name, "BED")]:
+        monkeypatch.chdir(tmp_path)  # the last case names the BED by another path
+        with pytest.raises(ValueError, match=f"is the {kind} input .*destroy the input"):
+            embed_regions(model, fasta_arg, bed_arg, out=out, progress=False)
+    assert fasta.read_bytes() == path.read_bytes() and bed.read_text() == "chr1\t0\t10\n"
+
+
+def test_outputs_are_replaced_whole_with_the_usual_permissions(model, reference, tmp_path, monkeypatch):
+    import os
+
+    import dna_mamba.tasks.embed
+
+    path, _ = reference
+    umask = os.umask(0o022)
+    try:
+        for name in ("w.npz", "w.parquet", "w.npy"):
+            embed_regions(model, path, contigs=["MT"], out=tmp_path / name, progress=False)
+        embed_regions(model, path, contigs=["MT"], pooling="none", out=tmp_path / "p.npy", progress=False)
+    finally:
+        os.umask(umask)
+    for name in ("w.npz", "w.parquet", "w.npy", "w.npy.json", "p.npy", "p.npy.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name  # not 0600: others may read results
+
+    # A per-position .npy whose run stops between the values and the sidecar must not load with the old sidecar,
+    # which here describes other regions with the same number of positions.
+    out = tmp_path / "pos.npy"
+    embed_regions(model, path, contigs=["chr1", "MT"], pooling="none", out=out, progress=False)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dna_mamba.tasks.embed, "write_sidecar", crash)
+    with pytest.raises(KeyboardInterrupt):
+        embed_regions(model, path, contigs=["MT", "chr1"], pooling="none", out=out, progress=False)
+    with pytest.raises(FileNotFoundError, match="sidecar pos.npy.json .* is missing"):
+        load_embeddings(out)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # atomic_output's temporary files
+
+
+def test_api_type_errors_are_clear(model, reference):
+    path, contigs = reference
+    for layers in (1.0, None, True):
+        with pytest.raises(ValueError, match="layers must be an int, a list of ints or 'all'"):
+            embed(model, "ACGT", layers=layers, progress=False)
+    with pytest.raises(TypeError, match="sequences must be a string, bytes, token ids or a list of them, got int"):
+        embed(model, 5, progress=False)
+    np.testing.assert_allclose(embed(model, bytearray(b"ACGT"), progress=False), embed(model, "ACGT", progress=False),
+                               atol=ATOL)
+    cases = [
+        (("chr1", "10", "20"), "regions\\[0\\]: region chr1:10-20: start must be an integer, got '10'"),
+        (("chr1", 10, 20.0), "regions\\[0\\]: region chr1:10-20.0: end must be an integer, got 20.0"),
+        ((b"chr1", 10, 20), "regions\\[0\\]: a region's contig name must be a string, got b'chr1'"),
+        (("chr1", 10), "regions\\[0\\]: expected a Region or a \\(chrom, start, end"),
+        ("chr1:10-20", "regions\\[0\\]: expected a Region or a \\(chrom, start, end"),
+    ]
+    for region, message in cases:
+        with pytest.raises(TypeError, match=message):
+            embed_regions(model, path, [region], progress=False)
+    with pytest.raises(TypeError, match="start must be an integer"):
+        Region("chr1", "10", "20")
+    with pytest.raises(TypeError, match="regions must be a BED path or a list of regions, got int"):
+        embed_regions(model, path, 5, progress=False)
+    for argument, value in [("flank", 1.5), ("window", "10"), ("chunk_tokens", 2.5), ("batch_size", 2.5)]:
+        with pytest.raises(TypeError, match=f"{argument} must be an integer, got {value!r}"):
+            embed_regions(model, path, contigs=["MT"], **{argument: value}, progress=False)
+    numpy_ints = embed_regions(model, path, [("chr1", np.int64(10), np.int32(20))], progress=False)
+    assert numpy_ints.regions == [Region("chr1", 10, 20)] and type(numpy_ints.regions[0].start) is int
+
+    # In-memory references: bytes sequences are read as ASCII, like strings; names must be strings.
+    as_text = embed_regions(model, contigs, [("chr1", 5, 30)], progress=False).values
+    as_bytes = embed_regions(model, {name: seq.encode() for name, seq in contigs.items()}, [("chr1", 5, 30)],
+                             progress=False).values
+    np.testing.assert_allclose(as_bytes, as_text, atol=ATOL)
+    with pytest.raises(TypeError, match="contig names must be strings, got b'chr1'"):
+        embed_regions(model, {b"chr1": contigs["chr1"]}, [("chr1", 5, 30)], progress=False)
+    for bad in (5, list(contigs["chr1"])):
+        with pytest.raises(TypeError, match="contig 'chr1': expected a string, bytes or token ids"):
+            embed_regions(model, {"chr1": bad}, [("chr1", 0, 5)], progress=False)

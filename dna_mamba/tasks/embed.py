@@ -35,7 +35,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import operator
 import os
+import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,7 +50,16 @@ import torch
 from tqdm import tqdm  # plain text bars: tqdm.auto warns in notebooks without ipywidgets
 
 from dna_mamba.genomics import Region, UnknownContigError, read_bed_lines, resolve_contig_name, tile_windows
-from dna_mamba.tasks.embed_io import Embeddings, load_embeddings, output_format, save_embeddings, write_sidecar
+from dna_mamba.outputs import atomic_output
+from dna_mamba.tasks.embed_io import (
+    Embeddings,
+    drop_stale_sidecar,
+    load_embeddings,
+    output_format,
+    prepare_output,
+    save_embeddings,
+    write_sidecar,
+)
 from dna_mamba.tokenizer import PAD, N, encode, encode_bytes, reverse_complement
 
 Pooling = Literal["mean", "last", "none"]
@@ -122,8 +133,12 @@ def embed(
     Raises:
         ValueError: no sequences, an empty sequence, token ids outside the vocabulary, a bad layer index, pooling,
             strands, precision, dtype or output suffix.
+        TypeError: ``sequences`` is not a sequence or a list of them; ``batch_size`` or ``chunk_tokens`` is not an
+            integer.
         InvalidSequenceError: a character that is not a nucleotide or IUPAC code (naming the sequence and position).
+        IsADirectoryError, NotADirectoryError, PermissionError: ``out`` cannot be written (checked before any work).
     """
+    out = None if out is None else prepare_output(out, pooling)
     # Bases only (A, C, G, T, N): the other ids are special tokens, with no reverse complement for strands="both".
     sources, single = _sequence_sources(sequences, N + 1)
     if names is not None and len(names) != len(sources):
@@ -194,10 +209,15 @@ def embed_regions(
         BedFormatError: a malformed BED line (naming the file and line).
         ValueError: no regions, an empty window (a zero-length region with no flank), a region that starts past the
             end of its contig (often a BED from another assembly), ``regions`` together with ``window``/``contigs``
-            or none of them, and the argument errors of :func:`embed`.
+            or none of them, ``out`` naming the FASTA or the BED, and the argument errors of :func:`embed`.
+        TypeError: a region that is not a Region or a ``(chrom, start, end[, name[, strand]])`` tuple of a string and
+            integers; ``flank``, ``window`` or ``stride`` not an integer.
+        IsADirectoryError: the FASTA or BED path is a directory.
+        NotADirectoryError, PermissionError: ``out`` cannot be written (checked before any work).
     """
-    if flank < 0:
-        raise ValueError(f"flank must be >= 0, got {flank}")
+    flank = _check_int(flank, "flank", minimum=0)
+    window = None if window is None else _check_int(window, "window", minimum=1)
+    stride = None if stride is None else _check_int(stride, "stride", minimum=1)
     if regions is not None and (window is not None or contigs is not None):
         raise ValueError("give regions, or window/contigs, not both (filter the regions yourself instead)")
     if regions is None and window is None and contigs is None:
@@ -207,8 +227,11 @@ def embed_regions(
         raise ValueError("stride needs window")
     if isinstance(contigs, str):  # list("12") would be contigs '1' and '2'
         contigs = [contigs]
-    reference = _Reference.open(fasta)
     bed = regions if isinstance(regions, (str, os.PathLike)) else None
+    if out is not None:
+        # Before the reference is read, which takes minutes for a large gzip genome.
+        out = prepare_output(out, pooling, inputs={"FASTA": _fasta_path(fasta), "BED": bed})
+    reference = _Reference.open(fasta)
     if window is not None:
         region_list = tile_windows(reference.lengths, window, stride, contigs=contigs)
     elif regions is None:
@@ -218,7 +241,7 @@ def embed_regions(
         numbered = read_bed_lines(bed)
         region_list = [region for _, region in numbered]
     else:
-        region_list = [r if isinstance(r, Region) else Region(*r) for r in regions]
+        region_list = _as_regions(regions)
     if not region_list:
         raise ValueError(f"{bed}: no regions to embed (the BED has no region lines)" if bed else "no regions to embed")
     # Where each region came from, for error messages: its BED line, or its index in the list given.
@@ -246,13 +269,15 @@ def resolve_layers(layers: LayerSpec, n_layer: int) -> tuple[list[int], bool]:
         n_layer: the model's number of Mamba blocks (it has ``n_layer + 1`` hidden states).
 
     Raises:
-        ValueError: an index out of range, a repeated layer, an empty list, or a non-integer.
+        ValueError: an index out of range, a repeated layer, an empty list, or a non-integer (``1.0``, ``None``).
     """
     count = n_layer + 1
     if isinstance(layers, str):
         if layers != "all":
             raise ValueError(f"layers must be an int, a list of ints or 'all', got {layers!r}")
         return list(range(count)), True
+    if isinstance(layers, bool) or not isinstance(layers, (int, np.integer, Iterable)):
+        raise ValueError(f"layers must be an int, a list of ints or 'all', got {layers!r}")
     has_axis = not isinstance(layers, (int, np.integer))
     requested = list(layers) if has_axis else [layers]
     if not requested:
@@ -352,7 +377,7 @@ class _Reference:
         if not Path(f"{path}.fai").is_file():
             check_fasta(path)  # before pyfaidx indexes what it should refuse (a nameless header, an empty record, ...)
         try:
-            handle = pyfaidx.Fasta(str(path), as_raw=True)
+            handle = _open_pyfaidx(path, compression)
         except (pyfaidx.FastaIndexingError, pyfaidx.UnsupportedCompressionFormat, ValueError, OSError) as err:
             # e.g. two records with one name ("Duplicate key"), a bgzip file without its end-of-file block
             raise ValueError(f"{path}: cannot index the FASTA ({err})") from None
@@ -374,15 +399,24 @@ class _Reference:
     def _from_mapping(cls, mapping: Mapping, label: str) -> _Reference:
         contigs = {}
         for name, sequence in mapping.items():
+            if isinstance(name, (bytes, bytearray)):  # str() would make b'chr1' the contig "b'chr1'"
+                raise TypeError(f"contig names must be strings, got {name!r}; decode them first")
             if isinstance(sequence, (np.ndarray, torch.Tensor)):
                 contigs[str(name)] = _as_token_array(sequence, f"contig '{name}'", vocab_size=N + 1)
+            elif isinstance(sequence, (list, tuple)) or not hasattr(sequence, "__getitem__") \
+                    or not hasattr(sequence, "__len__"):
+                # A list's slices are lists, whose str() is "['A', 'C']": refused rather than read as sequence.
+                raise TypeError(f"contig '{name}': expected a string, bytes or token ids, got "
+                                f"{type(sequence).__name__}")
             else:
-                contigs[str(name)] = sequence  # a string or a sequence-like object sliced lazily
+                contigs[str(name)] = sequence  # a string, bytes or sequence-like object (Bio.Seq), sliced lazily
 
         def read(chrom: str, start: int, end: int) -> np.ndarray:
             piece = contigs[chrom][start:end]
             if isinstance(piece, np.ndarray):
                 return piece
+            if isinstance(piece, (bytes, bytearray)):
+                return encode_bytes(piece, source=label, record=chrom, offset=start)
             return encode(piece if isinstance(piece, str) else str(piece), source=label, record=chrom, offset=start)
 
         return cls({name: len(seq) for name, seq in contigs.items()}, read, label)
@@ -397,6 +431,65 @@ class _Reference:
         if inside_start < inside_end:
             ids[inside_start - start:inside_end - start] = self._read(chrom, inside_start, inside_end)
         return ids
+
+
+def _open_pyfaidx(path: Path, compression: str):
+    """``pyfaidx.Fasta`` over a plain or bgzip FASTA, whatever its name.
+
+    pyfaidx tells bgzip by a ``.gz``/``.bgz`` name alone and would index the compressed bytes as text. A bgzip file
+    named otherwise is opened through a link named ``.gz`` in a private folder, with links to where its ``.fai`` and
+    ``.gzi`` belong (beside the file, as for any bgzip FASTA): pyfaidx reads and writes the indexes through them. It
+    opens the file while being constructed, so the links can go afterwards. (pyfaidx 0.8 has no ``gzi_indexname``
+    argument, hence links rather than arguments.)
+    """
+    import pyfaidx
+
+    if compression != "bgzip" or path.name.lower().endswith((".gz", ".bgz")):
+        return pyfaidx.Fasta(str(path), as_raw=True)
+    path = path.absolute()  # not resolve(): the indexes of a link to a FASTA belong beside the link, as pyfaidx does
+    with tempfile.TemporaryDirectory(prefix="dna_mamba_bgzip_") as folder:
+        link = Path(folder) / f"{path.name}.gz"
+        link.symlink_to(path)
+        for index in (".fai", ".gzi"):
+            Path(f"{link}{index}").symlink_to(f"{path}{index}")
+        return pyfaidx.Fasta(str(link), as_raw=True)
+
+
+def _fasta_path(fasta: FastaInput) -> Path | None:
+    """The file behind ``fasta`` (a path or an open ``pyfaidx.Fasta``), or None for sequences in memory."""
+    if isinstance(fasta, (str, os.PathLike)):
+        return Path(fasta)
+    filename = getattr(fasta, "filename", None)  # an open pyfaidx.Fasta
+    return Path(filename) if isinstance(filename, str) else None
+
+
+def _as_regions(regions) -> list[Region]:
+    """Regions given as a list of :class:`Region` or ``(chrom, start, end[, name[, strand]])`` tuples."""
+    if not isinstance(regions, Iterable):
+        raise TypeError(f"regions must be a BED path or a list of regions, got {type(regions).__name__}")
+    region_list = []
+    for i, item in enumerate(regions):
+        if isinstance(item, Region):
+            region_list.append(item)
+            continue
+        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or not 3 <= len(item) <= 5:
+            raise TypeError(f"regions[{i}]: expected a Region or a (chrom, start, end[, name[, strand]]) tuple, "
+                            f"got {item!r}")
+        try:
+            region_list.append(Region(*item))
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"regions[{i}]: {err}") from None
+    return region_list
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum``: ints and numpy integers only, as 10.0 or '10' fail deep inside."""
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = operator.index(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be {'positive' if minimum == 1 else f'>= {minimum}'}, got {value}")
+    return value
 
 
 def _region_source(reference: _Reference, place: str, region: Region, flank: int, use_strand: bool) -> _WindowSource:
@@ -418,8 +511,11 @@ def _region_source(reference: _Reference, place: str, region: Region, flank: int
 
 
 def _sequence_sources(sequences: SequenceInput, vocab_size: int) -> tuple[list[_Source], bool]:
-    single = isinstance(sequences, (str, bytes)) or (
+    single = isinstance(sequences, (str, bytes, bytearray)) or (
         isinstance(sequences, (np.ndarray, torch.Tensor)) and sequences.ndim == 1)
+    if not single and not isinstance(sequences, Iterable):
+        raise TypeError(f"sequences must be a string, bytes, token ids or a list of them, got "
+                        f"{type(sequences).__name__}")
     if single:
         items = [sequences]
     elif isinstance(sequences, (np.ndarray, torch.Tensor)):
@@ -469,7 +565,8 @@ def _as_token_array(ids: np.ndarray | torch.Tensor, what: str, vocab_size: int) 
 
 def _embed(model, sources: list[_Source], names: list[str], *, regions: list[Region] | None, layers: LayerSpec,
            pooling: str, strands: str, batch_size: int | None, chunk_tokens: int | None, precision: str,
-           dtype, out, progress: bool, extra_metadata: dict) -> Embeddings:
+           dtype, out: Path | None, progress: bool, extra_metadata: dict) -> Embeddings:
+    """The engine behind :func:`embed` and :func:`embed_regions`; ``out`` has been through ``prepare_output``."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if strands not in STRANDS:
@@ -479,77 +576,45 @@ def _embed(model, sources: list[_Source], names: list[str], *, regions: list[Reg
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float16):
         raise ValueError(f"dtype must be float32 or float16, got {dtype}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    out = None if out is None else Path(out)
+    if batch_size is not None:
+        batch_size = _check_int(batch_size, "batch_size", minimum=1)
     out_format = None if out is None else output_format(out, pooling)
     config = model.config
     layer_ids, layer_axis = resolve_layers(layers, config.n_layer)
     device = next(model.parameters()).device
     if chunk_tokens is None:
         chunk_tokens = CUDA_CHUNK_TOKENS if device.type == "cuda" else CPU_CHUNK_TOKENS
-    if chunk_tokens < 1:
-        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    chunk_tokens = _check_int(chunk_tokens, "chunk_tokens", minimum=1)
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
     lengths = np.array([source.length for source in sources], dtype=np.int64)
-    n, width = len(sources), len(layer_ids)
-    shape_tail = (width, config.d_model) if layer_axis else (config.d_model,)
+    shape_tail = (len(layer_ids), config.d_model) if layer_axis else (config.d_model,)
     offsets = np.concatenate([[0], np.cumsum(lengths)]) if pooling == "none" else None
-    streamed = pooling == "none" and out_format == ".npy"
-    if pooling == "none":
-        rows = int(offsets[-1])
-        if streamed:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-            values = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(rows, *shape_tail))
-        else:
-            values = np.empty((rows, *shape_tail), dtype=dtype)
-    else:
-        values = np.empty((n, *shape_tail), dtype=dtype)
-    target = values.reshape(values.shape[0], width, config.d_model)  # a view: one code path with or without an axis
-
+    shape = (int(offsets[-1]) if pooling == "none" else len(sources), *shape_tail)
     engine = _Engine(model, layer_ids, pooling, chunk_tokens, device, use_bf16)
-    passes = (False, True) if strands == "both" else (False,)
-    order = np.argsort(-lengths, kind="stable")  # longest first: similar lengths share a batch, little padding
-    try:
-        with tqdm(total=int(lengths.sum()) * len(passes), unit="bp", unit_scale=True, desc="embed",
-                  disable=not progress, mininterval=0.5) as bar, _eval_mode(model), torch.inference_mode():
-            start = 0
-            while start < n:
-                size = batch_size or max(1, chunk_tokens // int(lengths[order[start]]))
-                batch = order[start:start + size]
-                start += size
-                pooled = None
-                for reverse in passes:
-                    write = None
-                    if pooling == "none":
-                        write = functools.partial(_write_positions, target, offsets[batch], lengths[batch],
-                                                  reverse=reverse)
-                    result = engine.run([sources[i] for i in batch], reverse, bar, write)
-                    if result is not None:
-                        pooled = result if pooled is None else pooled + result
-                if pooled is not None:
-                    if pooling == "mean":
-                        counts = torch.as_tensor(lengths[batch], dtype=pooled.dtype, device=pooled.device)
-                        pooled /= counts[:, None, None]
-                    target[batch] = (pooled / len(passes)).cpu().numpy()
-    except BaseException:
-        if streamed:
-            del values, target
-            tmp.unlink(missing_ok=True)
-        raise
+    fill = functools.partial(_fill, engine=engine, sources=sources, lengths=lengths, offsets=offsets,
+                             passes=(False, True) if strands == "both" else (False,), batch_size=batch_size,
+                             progress=progress)
+    streamed = pooling == "none" and out_format == ".npy"
+    if streamed:
+        # Written to a temporary file beside ``out`` as it is computed and renamed at the end, so an interrupted run
+        # never leaves a file that looks complete.
+        with atomic_output(out) as tmp:
+            memmap = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            fill(memmap)
+            memmap.flush()
+            del memmap  # unmapped before the rename
+            drop_stale_sidecar(out)
+        values = np.load(out, mmap_mode="r")
+    else:
+        values = np.empty(shape, dtype=dtype)
+        fill(values)
 
     metadata = {"model": config.to_dict(), "num_hidden_states": config.n_layer + 1,
                 "precision": "bf16" if use_bf16 else "fp32", "chunk_tokens": chunk_tokens, "dtype": dtype.name,
                 "mean_includes_n": True, "dna_mamba_version": _package_version(),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 **extra_metadata}
-    if streamed:
-        values.flush()
-        del values, target
-        os.replace(tmp, out)
-        values = np.load(out, mmap_mode="r")
     result = Embeddings(values=values, names=names, layers=layer_ids, pooling=pooling, strands=strands,
                         layer_axis=layer_axis, offsets=offsets, regions=regions, metadata=metadata)
     if streamed:
@@ -557,6 +622,39 @@ def _embed(model, sources: list[_Source], names: list[str], *, regions: list[Reg
     elif out is not None:
         save_embeddings(result, out)
     return result
+
+
+def _fill(values: np.ndarray, *, engine: _Engine, sources: list[_Source], lengths: np.ndarray,
+          offsets: np.ndarray | None, passes: tuple[bool, ...], batch_size: int | None, progress: bool) -> None:
+    """Embed every source into ``values``: one row each when pooled, rows ``offsets[i]:offsets[i + 1]`` per position.
+
+    Shapes:
+        values: (N, [n_layers,] D) pooled, (total_positions, [n_layers,] D) per position.
+    """
+    target = values.reshape(values.shape[0], len(engine.layers), values.shape[-1])  # a view: with or without an axis
+    n = len(sources)
+    order = np.argsort(-lengths, kind="stable")  # longest first: similar lengths share a batch, little padding
+    with tqdm(total=int(lengths.sum()) * len(passes), unit="bp", unit_scale=True, desc="embed",
+              disable=not progress, mininterval=0.5) as bar, _eval_mode(engine.model), torch.inference_mode():
+        start = 0
+        while start < n:
+            size = batch_size or max(1, engine.chunk_tokens // int(lengths[order[start]]))
+            batch = order[start:start + size]
+            start += size
+            pooled = None
+            for reverse in passes:
+                write = None
+                if engine.pooling == "none":
+                    write = functools.partial(_write_positions, target, offsets[batch], lengths[batch],
+                                              reverse=reverse)
+                result = engine.run([sources[i] for i in batch], reverse, bar, write)
+                if result is not None:
+                    pooled = result if pooled is None else pooled + result
+            if pooled is not None:
+                if engine.pooling == "mean":
+                    counts = torch.as_tensor(lengths[batch], dtype=pooled.dtype, device=pooled.device)
+                    pooled /= counts[:, None, None]
+                target[batch] = (pooled / len(passes)).cpu().numpy()
 
 
 def _write_positions(target: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, row: int, begin: int,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from dna_mamba.errors import report_user_errors
+from dna_mamba.outputs import parse_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="sequences per forward pass (default: fill --chunk-tokens)")
     parser.add_argument("--chunk-tokens", type=int,
                         help="tokens per forward pass over the batch (default 262144 on CUDA, 65536 on CPU)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default: cuda if "
+                        "available, else cpu)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto = bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--float16", action="store_true", help="store float16 values (halves per-position files)")
@@ -92,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from dna_mamba.model.io import load_pretrained
     from dna_mamba.tasks.embed import embed_regions
@@ -100,10 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     if (args.bed is None) == (args.window is None and args.contigs is None):
         raise ValueError("give --bed, or --window (with --stride) and/or --contigs")
     layers = parse_layers(args.layers)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    device = parse_device(args.device)
     model = load_pretrained(args.model, device=device)
     started = time.perf_counter()
     result = embed_regions(

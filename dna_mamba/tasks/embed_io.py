@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from dna_mamba.genomics import Region
+from dna_mamba.outputs import atomic_output, check_output
 
 FORMAT = "dna_mamba.embeddings"
 FORMAT_VERSION = 1
@@ -140,6 +139,27 @@ def output_format(path: str | os.PathLike, pooling: str) -> str:
     return suffix
 
 
+def prepare_output(path: str | os.PathLike, pooling: str,
+                   inputs: Mapping[str, str | os.PathLike | None] | None = None) -> Path:
+    """Check an output path (and a ``.npy``'s sidecar) before any work is done that a bad path would waste.
+
+    Args:
+        path: the output file.
+        pooling: the pooling it will hold (parquet takes pooled outputs only).
+        inputs: what the run reads, as name -> file (``{"FASTA": ..., "BED": ...}``), which the output must not
+            overwrite; None values are skipped.
+
+    Raises:
+        ValueError: an unknown suffix, per-position outputs as parquet, or an output that is one of ``inputs``.
+        IsADirectoryError, NotADirectoryError, PermissionError: as :func:`dna_mamba.outputs.check_output`.
+    """
+    path = Path(path)
+    suffix = output_format(path, pooling)
+    for target in (path, sidecar_path(path)) if suffix == ".npy" else (path,):
+        check_output(target, inputs=inputs)
+    return path
+
+
 def sidecar_path(path: str | os.PathLike) -> Path:
     """The JSON file that describes a ``.npy`` of embeddings: ``emb.npy`` -> ``emb.npy.json``."""
     path = Path(path)
@@ -151,12 +171,12 @@ def save_embeddings(embeddings: Embeddings, path: str | os.PathLike) -> Path:
 
     Raises:
         ValueError: unknown suffix, or per-position embeddings to parquet.
+        IsADirectoryError, NotADirectoryError, PermissionError: as :func:`prepare_output`.
     """
-    path = Path(path)
-    suffix = output_format(path, embeddings.pooling)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = prepare_output(path, embeddings.pooling)
+    suffix = path.suffix.lower()
     if suffix == ".npz":
-        with _atomic(path) as tmp, open(tmp, "wb") as handle:
+        with atomic_output(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **_columns(embeddings), values=np.asarray(embeddings.values),
                      header=np.array(json.dumps(embeddings.header())))
     elif suffix == ".parquet":
@@ -164,8 +184,10 @@ def save_embeddings(embeddings: Embeddings, path: str | os.PathLike) -> Path:
     else:
         already_there = isinstance(embeddings.values, np.memmap) and Path(embeddings.values.filename) == path.resolve()
         if not already_there:
-            with _atomic(path) as tmp, open(tmp, "wb") as handle:
-                np.save(handle, np.asarray(embeddings.values))
+            with atomic_output(path) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, np.asarray(embeddings.values))
+                drop_stale_sidecar(path)
         write_sidecar(embeddings, path)
     return path
 
@@ -174,7 +196,7 @@ def write_sidecar(embeddings: Embeddings, path: str | os.PathLike) -> Path:
     """Write the JSON that accompanies a ``.npy`` of embeddings (names, region columns, offsets, header)."""
     columns = {key: value.tolist() for key, value in _columns(embeddings).items()}
     target = sidecar_path(path)
-    with _atomic(target) as tmp:
+    with atomic_output(target) as tmp:
         Path(tmp).write_text(json.dumps({**embeddings.header(), **columns}) + "\n")
     return target
 
@@ -266,7 +288,7 @@ def _write_parquet(embeddings: Embeddings, path: Path) -> None:
         flat = pa.array(np.ascontiguousarray(layer_values).reshape(-1))
         columns[_layer_column(layer)] = pa.FixedSizeListArray.from_arrays(flat, dim)
     table = pa.table(columns).replace_schema_metadata({_PARQUET_KEY: json.dumps(embeddings.header()).encode()})
-    with _atomic(path) as tmp:
+    with atomic_output(path) as tmp:
         pq.write_table(table, tmp, row_group_size=1 << 16)
 
 
@@ -291,14 +313,10 @@ def _read_parquet(path: Path) -> Embeddings:
     return _assemble(values, header, columns)
 
 
-@contextmanager
-def _atomic(path: Path) -> Iterator[str]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds, delete it otherwise."""
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def drop_stale_sidecar(path: Path) -> None:
+    """Delete the sidecar of an earlier ``.npy`` at ``path``, just before a new one replaces it.
+
+    The new sidecar is written after the new values; a crash between the two then leaves a ``.npy`` without a sidecar,
+    which :func:`load_embeddings` refuses, instead of new values described by the old names and offsets.
+    """
+    sidecar_path(path).unlink(missing_ok=True)
