@@ -116,6 +116,9 @@ def test_the_run_records_its_settings_and_a_refused_launch_leaves_them_alone(tmp
             f"data.cache_dir={store_cache}"]
     first = cli([*base, "optim.lr=0.004"], tmp_path)
     assert first.returncode == 0, first.stderr
+    # Lightning's log lines that tell the user nothing they can act on stay out of the run's output.
+    for noise in ("weights_only", "Tip:", "LeafSpec"):
+        assert noise not in first.stdout + first.stderr, noise
     record = (tmp_path / "run" / "config.yaml").read_text()
     assert "lr: 0.004" in record and "seq_len: 1024" in record  # composed and resolved
     # A second new run under the same name is refused; the record of the run it protects must survive it. (Hydra's

@@ -149,5 +149,5 @@ class LastCheckpoint(Checkpoint):
         # its global_step, and the first of them to end is the one that stepped.
         if trainer.fast_dev_run or (self.saved_step == trainer.global_step and not again):
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume from (and no log line)
         self.saved_step = trainer.global_step

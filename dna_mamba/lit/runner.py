@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -108,6 +110,22 @@ def run_loggers(out_dir: Path, resume_step: int | None = None) -> list:
     return loggers
 
 
+class _LightningNoise(logging.Filter):
+    """Drops Lightning's advertisement for its cloud logger, which newer releases print at every Trainer start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Keep the run's output to what the user can act on (idempotent)."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _LightningNoise) for f in rank_zero.filters):
+        rank_zero.addFilter(_LightningNoise())
+    # Lightning 2.6's own use of a torch API that torch 2.10+ deprecates: nothing a user can change.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def build_trainer(config: TrainerConfig, out_dir: Path, accumulate_grad_batches: int, callbacks: list,
                   resume_step: int | None = None, **overrides) -> L.Trainer:
     """A Lightning Trainer with what every run of ours shares (devices, precision, clipping, logging, atomic
@@ -119,6 +137,7 @@ def build_trainer(config: TrainerConfig, out_dir: Path, accumulate_grad_batches:
         # missing, so resuming a capped run with max_time=null would ask for a Timer. With duration None it only
         # counts time, so the cap of a later resume still covers every part of the run.
         callbacks = [*callbacks, Timer(duration=config.max_time, interval="step")]
+    quiet_lightning()
     options = dict(
         default_root_dir=out_dir,
         accelerator=config.accelerator,
