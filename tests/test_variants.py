@@ -425,6 +425,20 @@ def test_mutagenesis_cli_writes_tsv_bedgraph_and_plot(model_dir, tmp_path):
     assert (tmp_path / "ism.png").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("folder_given_as", ["existing", "trailing slash"])
+def test_mutagenesis_out_naming_a_folder_writes_inside_it(model_dir, tmp_path, folder_given_as):
+    fasta = tmp_path / "ref.fa"
+    fasta.write_text(">chr7\n" + CONTIG[:100] + "\n")
+    folder = tmp_path / "results"
+    if folder_given_as == "existing":
+        folder.mkdir()
+    out = str(folder) + ("/" if folder_given_as == "trailing slash" else "")
+    assert main(["mutagenesis", "--model", str(model_dir), "--fasta", str(fasta), "--region", "chr7:55-60",
+                 "--out", out, "--window", "6", "--context", "8", "--no-progress", "--no-plot"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["chr7_55_60.bedGraph", "chr7_55_60.tsv"]
+    assert not list(tmp_path.glob("results.*"))  # not beside the folder
+
+
 def test_parse_region():
     assert parse_region("chr20:1,000,001-1,010,000") == ("chr20", 1_000_000, 1_010_000)
     with pytest.raises(ValueError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import sys
 import time
@@ -193,7 +194,9 @@ def build_mutagenesis_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(parser)
     parser.add_argument("--region", required=True, help="CHROM:START-END, 1-based inclusive (e.g. chr20:1001-2000)")
-    parser.add_argument("--out", required=True, help="output prefix (PREFIX.tsv, PREFIX.bedGraph, PREFIX.png)")
+    parser.add_argument("--out", required=True, help="output prefix (PREFIX.tsv, PREFIX.bedGraph, PREFIX.png); a "
+                        "folder (existing, or ending in '/') gets files named after the region, e.g. "
+                        "DIR/chr20_1001_2000.tsv")
     parser.add_argument("--bedgraph-stat", choices=("mean", "min"), default="mean",
                         help="per-position value: mean LLR of the 3 substitutions, or the minimum (most damaging) "
                         "(default %(default)s)")
@@ -219,7 +222,7 @@ def _mutagenesis(args: argparse.Namespace) -> int:
     from dna_mamba.tasks.vcf_io import ReferenceGenome
 
     chrom, start, end = parse_region(args.region)
-    prefix = Path(args.out)
+    prefix = mutagenesis_prefix(args.out, chrom, start, end)
     outputs = [("--out", prefix.with_name(prefix.name + suffix))
                for suffix in (".tsv", ".bedGraph") + (() if args.no_plot else (".png",))]
     _check_outputs(outputs, {"--fasta": args.fasta})
@@ -243,6 +246,14 @@ def _mutagenesis(args: argparse.Namespace) -> int:
     print(f"{end - start:,} positions x 3 substitutions on {device} in {elapsed:.1f} s -> "
           f"{', '.join(map(str, outputs))}", file=sys.stderr)
     return 0
+
+
+def mutagenesis_prefix(out: str, chrom: str, start: int, end: int) -> Path:
+    """``--out`` as the prefix of the output files. A folder (one that exists, or a name ending in '/') gets files
+    named after the region inside it (``DIR/chr20_1001_2000.tsv``) rather than ``DIR.tsv`` beside it."""
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        return Path(out) / f"{chrom}_{start + 1}_{end}"
+    return Path(out)
 
 
 COMMANDS = {"score-vcf": score_vcf_main, "mutagenesis": mutagenesis_main}
