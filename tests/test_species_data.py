@@ -5,15 +5,17 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dna_mamba.baselines import kmer_frequencies
-from dna_mamba.data.store import StoreError
+from dna_mamba.data.store import GenomeStore, StoreError
 from dna_mamba.species.cli import prepare_main
 from dna_mamba.species.dataset import (
+    DATASET_VERSION,
     BalancedWindowDataset,
     EvalWindowDataset,
     SpeciesDataset,
@@ -23,7 +25,7 @@ from dna_mamba.species.dataset import (
 from dna_mamba.species.kmer import kmer_counts, kmer_features, reverse_complement_index
 from dna_mamba.species.manifest import ManifestError, read_manifest
 from dna_mamba.species.metrics import classification_metrics
-from dna_mamba.tokenizer import encode, reverse_complement
+from dna_mamba.tokenizer import N, encode, reverse_complement
 
 
 def random_genome(n: int, gc: float, seed: int) -> str:
@@ -31,8 +33,11 @@ def random_genome(n: int, gc: float, seed: int) -> str:
     return "".join(np.random.default_rng(seed).choice(list("ACGT"), n, p=p))
 
 
-def write_fasta(path: Path, records: dict[str, str]) -> Path:
-    text = "".join(f">{name}\n{seq}\n" for name, seq in records.items())
+def write_fasta(path: Path, records: dict[str, str], width: int | None = None) -> Path:
+    def wrap(seq: str) -> str:
+        return "\n".join(seq[i:i + width] for i in range(0, len(seq), width)) if width else seq
+
+    text = "".join(f">{name}\n{wrap(seq)}\n" for name, seq in records.items())
     if path.suffix == ".gz":
         path.write_bytes(gzip.compress(text.encode()))
     else:
@@ -52,6 +57,11 @@ def genomes(tmp_path: Path) -> Path:
                         {f"{label}{strain}1": random_genome(6000, gc, seed),
                          f"{label}{strain}2": random_genome(3000, gc, seed + 1)})
     return folder
+
+
+def read_records(path: Path) -> dict[str, str]:
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    return {head.split("\n", 1)[0]: head.split("\n", 1)[1].replace("\n", "") for head in text.split(">")[1:]}
 
 
 def manifest(tmp_path: Path, lines: list[str], name: str = "m.tsv") -> Path:
@@ -98,6 +108,12 @@ def test_shipped_manifests_read(shared_data: Path) -> None:
     (["low\tgenomes/low_a.fa\tholdout", "high\tgenomes/high_a.fa"], "split must be one of train, val, test"),
     (["low\tgenomes/low_a.fa", "low\tgenomes/low_a.fa", "high\tgenomes/high_a.fa"], "listed twice under label"),
     (["low\tgenomes", "high\tgenomes/high_a.fa"], r"m.tsv:1: .*genomes is a directory, not a FASTA file"),
+    # A path with a space on a space-separated line: the error says why its pieces became columns.
+    (["low genomes/low a.fa", "high genomes/high_a.fa"],
+     r"m.tsv:1: split must be one of train, val, test \(or empty\), got 'a.fa'; columns are tab-separated \(a line "
+     r"without tabs is split at spaces\), so a path with spaces needs tabs"),
+    (["low genomes/my low a.fa test", "high genomes/high_a.fa"],
+     r"m.tsv:1: expected 2 or 3 columns \(label, path\[, split\]\), got 5; columns are tab-separated"),
 ])
 def test_bad_manifests_fail_with_one_clear_error(tmp_path: Path, genomes: Path, lines, message) -> None:
     with pytest.raises(ManifestError, match=message):
@@ -114,6 +130,61 @@ def test_copy_of_a_fasta_under_another_label(tmp_path: Path, genomes: Path) -> N
     (genomes / "copy.fa").write_bytes((genomes / "low_a.fa").read_bytes())
     with pytest.raises(ManifestError, match="appears under two labels, 'low' and 'high'"):
         read_manifest(manifest(tmp_path, ["low\tgenomes/low_a.fa", "high\tgenomes/copy.fa"]))
+
+
+@pytest.mark.parametrize("case", ["gzip copy, other split", "re-wrapped, renamed copy under another label"])
+def test_copies_of_a_genome_are_found_from_their_sequence(tmp_path: Path, genomes: Path, case: str) -> None:
+    # Not the same bytes, so read_manifest cannot tell; the sequence is the same, so test data would be training data.
+    records = read_records(genomes / "low_a.fa")
+    if case.startswith("gzip"):
+        write_fasta(genomes / "low_a_copy.fa.gz", records)
+        lines = ["low\tgenomes/low_a.fa\ttrain", "low\tgenomes/low_b.fa.gz\ttrain", "high\tgenomes/high_a.fa\ttrain",
+                 "high\tgenomes/high_b.fa.gz\ttest", "low\tgenomes/low_a_copy.fa.gz\ttest"]
+        message = (r"m.tsv:5: .*low_a_copy.fa.gz is listed twice under label 'low': it holds the same sequence as "
+                   r".*genomes/low_a.fa \(.*m.tsv:1\); list each genome once")
+    else:  # soft-masked, 60 bases a line, records renamed and in the other order
+        write_fasta(genomes / "other.fa", {f"copy{k}": seq.lower() for k, seq in enumerate(reversed(records.values()))},
+                    width=60)
+        lines = four_genomes(genomes, split=False) + ["high\tgenomes/other.fa"]
+        message = (r"m.tsv:6: .*other.fa appears under two labels, 'low' and 'high': it holds the same sequence as "
+                   r".*genomes/low_a.fa \(.*m.tsv:2\); a genome must belong to one class")
+    with pytest.raises(ManifestError, match=message):
+        prepare_species(manifest(tmp_path, lines), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "species.json").exists()
+
+
+def test_a_contig_in_two_genomes_is_reported_when_its_copies_are_split_apart(tmp_path: Path, genomes: Path) -> None:
+    plasmid = random_genome(1500, 0.5, 99)
+    write_fasta(genomes / "low_p.fa", {**read_records(genomes / "low_a.fa"), "p1": plasmid})
+    write_fasta(genomes / "high_p.fa", {**read_records(genomes / "high_b.fa.gz"), "pX": plasmid})
+    lines = ["low\tgenomes/low_p.fa\ttrain", "low\tgenomes/low_b.fa.gz\ttest", "high\tgenomes/high_a.fa\ttrain",
+             "high\tgenomes/high_p.fa\ttest"]
+    with pytest.warns(UserWarning, match=re.escape("the same 1,500-bp contig is in 2 places: 'p1' of low_p (class low, "
+                                                   "train+val), 'pX' of high_p (class high, test); two classes share "
+                                                   "it")):
+        prepare_species(manifest(tmp_path, lines), tmp_path / "out", progress=False)
+    # Copies within one class that the split cuts alike (split=region cuts every contig the same way) leak nothing.
+    write_fasta(genomes / "low_q.fa", {**read_records(genomes / "low_b.fa.gz"), "p2": plasmid})
+    lines = ["low\tgenomes/low_p.fa", "low\tgenomes/low_q.fa", "high\tgenomes/high_a.fa", "high\tgenomes/high_b.fa.gz"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare_species(manifest(tmp_path, lines), tmp_path / "region", split=SplitConfig("region"), progress=False)
+    # ...but held out in one genome and trained on in the other, they would.
+    with pytest.warns(UserWarning, match=r"'p1' of low_p \(class low, train\+val\), 'p2' of low_q \(class low, "
+                                         r"test\); windows of one copy are trained on while another is held out"):
+        prepare_species(manifest(tmp_path, lines), tmp_path / "genome", split=SplitConfig("genome"), progress=False)
+
+
+def test_sequence_digests_are_reused_until_a_store_is_rebuilt(tmp_path: Path, genomes: Path, monkeypatch) -> None:
+    path = manifest(tmp_path, four_genomes(genomes))
+    prepare_species(path, tmp_path / "out", progress=False)
+    with monkeypatch.context() as patch:  # unchanged stores: nothing is read to check for copies again
+        patch.setattr(GenomeStore, "array", lambda *_: pytest.fail("digest recomputed for an unchanged store"))
+        prepare_species(path, tmp_path / "out", progress=False)
+    # low_a.fa now holds high_a's sequence: its store is rebuilt, and the digest recorded for the old one must go.
+    write_fasta(genomes / "low_a.fa", read_records(genomes / "high_a.fa"), width=70)
+    with pytest.raises(ManifestError, match="appears under two labels, 'low' and 'high'"):
+        prepare_species(path, tmp_path / "out", progress=False)
 
 
 def test_manifest_saved_with_a_byte_order_mark(tmp_path: Path, genomes: Path) -> None:
@@ -139,6 +210,22 @@ def test_yaml_label_without_files(tmp_path: Path, genomes: Path) -> None:
     path = tmp_path / "m.yaml"
     path.write_text("low: [genomes/low_a.fa]\nhigh: []\n")
     with pytest.raises(ManifestError, match="label 'high' has no FASTA file"):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("low: [genomes/low_a.fa]\nhigh: [genomes/high_a.fa]\nlow: [genomes/low_b.fa.gz]\n",
+     "m.yaml:3: label 'low' appears twice; list all its genomes under one key"),
+    ("genomes:\n  low: [genomes/low_a.fa]\n  low: [genomes/low_b.fa.gz]\n",  # not "needs two classes"
+     "m.yaml:3: label 'low' appears twice; list all its genomes under one key"),
+    ("low: [{path: genomes/low_a.fa, path: genomes/low_b.fa.gz}]\nhigh: [genomes/high_a.fa]\n",
+     "m.yaml:1: key 'path' appears twice in one mapping"),
+])
+def test_yaml_key_written_twice_is_refused(tmp_path: Path, genomes: Path, text: str, message: str) -> None:
+    # YAML itself keeps the last value of a repeated key, which would silently drop the genomes listed first.
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    with pytest.raises(ManifestError, match=re.escape(message)):
         read_manifest(path)
 
 
@@ -174,16 +261,24 @@ def test_genome_split_roles_that_leave_a_part_empty(tmp_path: Path, genomes: Pat
 
 
 def test_damaged_dataset_index_is_one_error(tmp_path: Path, genomes: Path) -> None:
-    data = prepare_species(manifest(tmp_path, four_genomes(genomes)), tmp_path / "out", progress=False)
+    path = manifest(tmp_path, four_genomes(genomes))
+    data = prepare_species(path, tmp_path / "out", progress=False)
     index_path = data.directory / "species.json"
-    index = json.loads(index_path.read_text())
+    intact = index_path.read_text()
+    index = json.loads(intact)
     del index["genomes"][0]["segments"]
     index_path.write_text(json.dumps(index))
     with pytest.raises(StoreError, match="species.json: malformed species dataset index .KeyError: 'segments'."):
         SpeciesDataset.open(data.directory)
     index_path.write_text("[]")
-    with pytest.raises(StoreError, match="not a species dataset of version 1"):
+    with pytest.raises(StoreError, match=f"not a species dataset of version {DATASET_VERSION}"):
         SpeciesDataset.open(data.directory)
+    # Datasets of version 1 were prepared without the check for copied genomes: refused, and prepared again in place.
+    index_path.write_text(json.dumps({**json.loads(intact), "version": 1}))
+    with pytest.raises(StoreError, match="not a species dataset of version 2; prepare it again"):
+        SpeciesDataset.open(data.directory)
+    prepare_species(path, tmp_path / "out", progress=False)
+    assert index_path.read_text() == intact
 
 
 def test_class_shorter_than_context_fails_before_training(tmp_path: Path, genomes: Path) -> None:
@@ -192,6 +287,88 @@ def test_class_shorter_than_context_fails_before_training(tmp_path: Path, genome
         data.train_regions(8192)
     with pytest.raises(ValueError, match="no test sequence is as long as the 7,000-bp context"):
         data.eval_windows("test", 7000)
+
+
+@pytest.mark.parametrize(("split", "part", "window", "message"), [
+    # Held-out regions come out of every contig: the training part grows as the val and test fractions shrink.
+    ("region", "train", 4000, "no training sequence is as long as the 4,000-bp context (longest: 3,600 bp in its "
+                              "training regions); lower --val-fraction and --test-fraction (task.val_fraction, "
+                              "task.test_fraction) or use a shorter context"),
+    ("region", "test", 2000, "no test sequence is as long as the 2,000-bp context (longest: 1,800 bp in its test "
+                             "regions); raise --test-fraction (task.test_fraction) or use a shorter context"),
+    ("region", "val", 1000, "raise --val-fraction (task.val_fraction) or use a shorter context"),
+    # Whole held-out genomes: the only fraction that costs training is the validation tail of training contigs.
+    ("genome", "train", 6000, "(longest: 5,400 bp in its training genomes); lower --val-fraction (task.val_fraction) "
+                              "or use a shorter context"),
+    ("genome", "test", 7000, "(longest: 6,000 bp in its test genomes); use a shorter context"),
+])
+def test_short_part_hints_name_the_setting_that_lengthens_it(tmp_path: Path, genomes: Path, split: str, part: str,
+                                                               window: int, message: str) -> None:
+    data = prepare_species(manifest(tmp_path, four_genomes(genomes, split=split == "genome")), tmp_path / "out",
+                           split=SplitConfig(split, val_fraction=0.1, test_fraction=0.3), progress=False)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        data.train_regions(window) if part == "train" else data.eval_windows(part, window)
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (dict(test_fraction=1.5), "task.test_fraction (--test-fraction) must be in (0, 1), got 1.5"),
+    (dict(val_fraction=-0.1), "task.val_fraction (--val-fraction) must be in [0, 1), got -0.1"),
+    (dict(method="strain"), "task.split (--split) must be one of auto, genome, contig, region, got 'strain'"),
+])
+def test_split_settings_out_of_range_are_named_as_users_set_them(config: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SplitConfig(**config)
+
+
+def n_rich_genomes(folder: Path) -> list[str]:
+    """Class high: 15 kb of N, then 5 kb of AT; split=region holds out the tail, leaving training only N."""
+    folder.mkdir()
+    write_fasta(folder / "low.fa", {"low1": random_genome(20_000, 0.4, 1)})
+    write_fasta(folder / "high.fa", {"high1": "N" * 15_000 + "AT" * 2_500})
+    return [f"low\t{folder.name}/low.fa", f"high\t{folder.name}/high.fa"]
+
+
+def test_class_with_only_n_rich_training_windows_fails_when_checked(tmp_path: Path, capsys) -> None:
+    path = manifest(tmp_path, n_rich_genomes(tmp_path / "n_rich"))
+    with pytest.raises(SystemExit) as exit_info:  # prepare-species --context checks training windows for N too
+        prepare_main([str(path), "--out", str(tmp_path / "out"), "--split", "region", "--context", "1k", "--quiet"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert ("error: class 'high': every 1,024-bp training window has more than 10% N (task.max_n_fraction), so none "
+            "of its training sequence is usable (15,000 bp in genome high, 100% N); raise task.max_n_fraction or use "
+            "a shorter context") in err
+    data = SpeciesDataset.open(tmp_path / "out")
+    with pytest.raises(ValueError, match="class 'high': every 1,000-bp training window has more than 10% N"):
+        BalancedWindowDataset(data, 1000, num_samples=8)  # when training starts, not at the first batch
+    with pytest.raises(ValueError, match=re.escape("task.max_n_fraction must be in [0, 1], got 1.5")):
+        BalancedWindowDataset(data, 1000, num_samples=8, max_n_fraction=1.5)
+    assert len(BalancedWindowDataset(data, 1000, num_samples=8, max_n_fraction=1.0)) == 8
+
+
+def test_training_windows_are_drawn_only_where_n_is_acceptable(tmp_path: Path) -> None:
+    folder = tmp_path / "gappy"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    seq = np.array(list(random_genome(12_000, 0.5, 4)))
+    for start in rng.integers(0, 11_900, 30):  # gaps of every size, some overlapping, some at the ends
+        seq[start:start + rng.integers(1, 400)] = "N"
+    seq[:50] = seq[-70:] = "N"
+    write_fasta(folder / "gappy.fa", {"g1": "".join(seq)})
+    write_fasta(folder / "clean.fa", {"c1": random_genome(12_000, 0.4, 6)})
+    path = manifest(tmp_path, [f"low\t{folder.name}/clean.fa", f"high\t{folder.name}/gappy.fa"])
+    data = prepare_species(path, tmp_path / "out", split=SplitConfig("region"), progress=False)
+    train = data.genomes[1].segments["train"][0]
+    tokens = data.store(1).fetch("g1", 0, train.end)
+    for window, fraction in ((300, 0.1), (300, 0.0), (1000, 0.25)):
+        n_in_window = np.convolve(tokens == N, np.ones(window, dtype=np.int64), mode="valid")  # by start
+        acceptable = set(np.flatnonzero(n_in_window <= fraction * window).tolist())
+        runs = data.train_regions(window, fraction)[1]
+        planned = [start for _, _, first, last in runs for start in range(first, last + 1)]
+        assert sorted(planned) == sorted(acceptable) and len(planned) == len(acceptable)  # exactly, each once
+        draws = BalancedWindowDataset(data, window, num_samples=400, max_n_fraction=fraction, seed=2)
+        starts = [draws.locate(i).start for i in range(1, 400, 2)]
+        assert set(starts) <= acceptable and len(set(starts)) > 150
 
 
 def _overlaps(start: int, end: int, segments) -> bool:

@@ -20,14 +20,20 @@ Windows never cross parts: evaluation windows tile val / test segments at least 
 evaluation stride shorter than the window, overlap inside them), and training windows start at random offsets
 inside training segments at least one window long, so no base of a held-out genome, contig or region is ever in
 a training window.
+
+Nor does a copy of it: two manifest entries with the same sequence (a gzip copy, another line width, renamed
+records) are refused once their stores are built, and a single contig found in two places (say, one plasmid in two
+genomes) whose copies are split or labelled differently is reported with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,13 +42,14 @@ import torch
 from torch.utils.data import Dataset
 
 from dna_mamba.data.splits import Segment, add_tail_split
+from dna_mamba.data.store import INDEX_NAME as STORE_INDEX_NAME
 from dna_mamba.data.store import GenomeStore, StoreError, build_store
 from dna_mamba.data.windows import plan_windows
-from dna_mamba.species.manifest import PARTS, Manifest, ManifestError, read_manifest
+from dna_mamba.species.manifest import PARTS, GenomeEntry, Manifest, ManifestError, read_manifest
 from dna_mamba.tokenizer import reverse_complement
 
 DATASET_FORMAT = "dna_mamba.species_dataset"
-DATASET_VERSION = 1
+DATASET_VERSION = 2  # 2: contig digests in the index; datasets of version 1 were never checked for copied genomes
 INDEX_NAME = "species.json"
 SPLIT_METHODS = ("auto", "genome", "contig", "region")
 
@@ -57,14 +64,15 @@ class SplitConfig:
     seed: int = 0  # order in which the contig method holds out contigs
 
     def __post_init__(self) -> None:
+        # Named as users set them: task.* when training, --* on the command line.
         if self.method not in SPLIT_METHODS:
-            raise ValueError(f"split method must be one of {', '.join(SPLIT_METHODS)}, got {self.method!r}")
+            raise ValueError(f"task.split (--split) must be one of {', '.join(SPLIT_METHODS)}, got {self.method!r}")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise ValueError(f"task.val_fraction (--val-fraction) must be in [0, 1), got {self.val_fraction}")
         if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+            raise ValueError(f"task.test_fraction (--test-fraction) must be in (0, 1), got {self.test_fraction}")
         if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError(f"val_fraction + test_fraction must be below 1, got "
+            raise ValueError(f"task.val_fraction + task.test_fraction must be below 1, got "
                              f"{self.val_fraction + self.test_fraction}")
 
 
@@ -192,6 +200,36 @@ def _split_contigs(label, members, manifest, contigs, parts, config) -> None:
             add_tail_split(parts[i], contig, length, config.val_fraction, 0.0)
 
 
+def _acceptable_starts(store: GenomeStore, contig: str, first: int, last: int, window: int, limit: int) -> np.ndarray:
+    """Runs ``[lo, hi]`` (inclusive, disjoint, in order) of the window starts from ``first`` to ``last`` whose
+    ``window`` bases hold at most ``limit`` N.
+
+    The N count of ``[s, s + window)`` is piecewise linear in ``s``: it bends only where the window's start or end
+    meets an edge of an N run. Counting N at those points and solving each linear piece between them is exact, at a
+    cost set by the number of N runs rather than by the contig's length.
+
+    Shapes:
+        returns: (K, 2) int64.
+    """
+    edges = store.n_runs(contig).ravel()
+    bends = np.concatenate([edges, edges - window])
+    points = np.unique(np.concatenate([[first, last + 1], bends[(bends > first) & (bends <= last)]]))
+    p, q = points[:-1], points[1:] - 1  # pieces [p, q]: the count is linear on each
+    at_p = store.count_n(contig, p, p + window)
+    at_q = store.count_n(contig, q, q + window)
+    slope = (at_q - at_p) // np.maximum(q - p, 1)  # exact: the count changes by the same integer at every step
+    lo, hi = p.copy(), q.copy()
+    rising, falling = slope > 0, slope < 0
+    hi[rising] = np.minimum(q, p + (limit - at_p) // np.where(rising, slope, 1))[rising]
+    lo[falling] = np.maximum(p, q - (limit - at_q) // np.where(falling, -slope, 1))[falling]
+    keep = np.where(slope == 0, at_p <= limit, lo <= hi)
+    lo, hi = lo[keep], hi[keep]
+    if len(lo) == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    joined = lo[1:] == hi[:-1] + 1  # neighbouring pieces that are both acceptable where they meet
+    return np.column_stack([lo[np.concatenate([[True], ~joined])], hi[np.concatenate([~joined, [True]])]])
+
+
 class SpeciesDataset:
     """A prepared species dataset (open with :meth:`open`; build with :func:`prepare_species`)."""
 
@@ -264,24 +302,48 @@ class SpeciesDataset:
                 "test_fraction": self.split["test_fraction"],
                 "segments": hashlib.sha256(json.dumps(segments).encode()).hexdigest()[:16]}
 
-    def train_regions(self, window: int) -> list[list[tuple[int, str, int, int]]]:
-        """Per class, ``(genome, contig, first start, last start)`` of every training segment a window fits in.
+    def train_regions(self, window: int, max_n_fraction: float = 0.1) -> list[list[tuple[int, str, int, int]]]:
+        """Per class, runs ``(genome, contig, first start, last start)`` of training window starts: a window that
+        starts anywhere in ``[first, last]`` lies inside one training segment and holds at most ``max_n_fraction``
+        N, and every such window is in exactly one run.
+
+        Planning them here, once, lets a context or an N threshold that some class cannot meet fail before training,
+        and lets training draw a start uniformly from them without redrawing.
 
         Raises:
-            ValueError: a class has no training segment at least ``window`` long (all its genomes or regions are
-                shorter than the context).
+            ValueError: ``max_n_fraction`` outside [0, 1]; or a class has no such window: its training segments are
+                all shorter than ``window``, or every window in them has too much N.
         """
+        if not 0.0 <= max_n_fraction <= 1.0:
+            raise ValueError(f"task.max_n_fraction must be in [0, 1], got {max_n_fraction}")
+        limit = math.floor(max_n_fraction * window)  # N counts are integers: n <= f * window  <=>  n <= limit
         regions: list[list[tuple[int, str, int, int]]] = [[] for _ in self.classes]
         longest = [0] * self.num_classes
         for g, genome in enumerate(self.genomes):
             for s in genome.segments["train"]:
                 longest[genome.class_index] = max(longest[genome.class_index], s.length)
                 if s.length >= window:
-                    regions[genome.class_index].append((g, s.contig, s.start, s.end - window))
+                    runs = _acceptable_starts(self.store(g), s.contig, s.start, s.end - window, window, limit)
+                    regions[genome.class_index] += [(g, s.contig, int(lo), int(hi)) for lo, hi in runs]
         for c, found in enumerate(regions):
+            if not found and longest[c] < window:
+                raise ValueError(self._too_short(c, "train", window, longest[c]))
             if not found:
-                raise ValueError(self._too_short(c, "training", window, longest[c]))
+                raise ValueError(self._too_much_n_to_train(c, window, max_n_fraction))
         return regions
+
+    def _too_much_n_to_train(self, c: int, window: int, max_n_fraction: float) -> str:
+        genomes = [(g, genome) for g, genome in enumerate(self.genomes) if genome.class_index == c]
+        bases = n = 0
+        for g, genome in genomes:
+            for s in genome.segments["train"]:
+                bases += s.length
+                n += int(self.store(g).count_n(s.contig, s.start, s.end))
+        names = [genome.name for _, genome in genomes if genome.segments["train"]]
+        in_genomes = f"genome{'s' if len(names) > 1 else ''} {', '.join(names)}"
+        return (f"class '{self.classes[c]}': every {window:,}-bp training window has more than {max_n_fraction:.0%} N "
+                f"(task.max_n_fraction), so none of its training sequence is usable ({bases:,} bp in {in_genomes}, "
+                f"{n / bases:.0%} N); raise task.max_n_fraction or use a shorter context")
 
     def eval_windows(self, part: str, window: int, *, per_class: int | None = None, max_n_fraction: float = 0.1,
                      required: bool = True, stride: int | None = None) -> EvalWindows:
@@ -310,8 +372,11 @@ class SpeciesDataset:
                 found.append(np.column_stack([np.full(len(planned), g), planned]))
             windows = np.concatenate(found) if found else np.empty((0, 3), dtype=np.int64)
             if len(windows) == 0:
+                if required and longest < window:
+                    raise ValueError(self._too_short(c, part, window, longest))
                 if required:
-                    raise ValueError(self._too_short(c, part, window, longest, max_n_fraction))
+                    raise ValueError(f"class '{self.classes[c]}': every {window:,}-bp {part} window has more than "
+                                     f"{max_n_fraction:.0%} N; raise task.max_n_fraction or use a shorter context")
                 continue
             if per_class is not None and len(windows) > per_class:
                 windows = windows[np.unique(np.linspace(0, len(windows) - 1, per_class).round().astype(np.int64))]
@@ -319,15 +384,26 @@ class SpeciesDataset:
         table = np.concatenate(rows).astype(np.int64) if rows else np.empty((0, 4), dtype=np.int64)
         return EvalWindows(table[:, 0], table[:, 1], table[:, 2], table[:, 3], window, stride or window)
 
-    def _too_short(self, c: int, part: str, window: int, longest: int, max_n_fraction: float | None = None) -> str:
-        label = self.classes[c]
-        if longest >= window and max_n_fraction is not None:
-            return (f"class '{label}': every {window:,}-bp {part} window has more than {max_n_fraction:.0%} N; "
-                    f"raise max_n_fraction or use a shorter context")
-        where = {"genome": "genomes", "contig": "contigs"}.get(self.split["method"], "held-out regions")
-        hint = "raise the split fractions or " if self.split["method"] == "region" else ""
-        return (f"class '{label}': no {part} sequence is as long as the {window:,}-bp context (longest: {longest:,} "
-                f"bp in its {part} {where}); {hint}use a shorter context")
+    def _too_short(self, c: int, part: str, window: int, longest: int) -> str:
+        word = "training" if part == "train" else part
+        where = {"genome": "genomes", "contig": "contigs"}.get(self.split["method"], "regions")
+        return (f"class '{self.classes[c]}': no {word} sequence is as long as the {window:,}-bp context (longest: "
+                f"{longest:,} bp in its {word} {where}); {self._fraction_hint(c, part)}use a shorter context")
+
+    def _fraction_hint(self, c: int, part: str) -> str:
+        """The split setting that would lengthen class ``c``'s sequence in ``part``, where one would."""
+        region = self.split["method"] == "region"
+        # Validation cut as the tail of training contigs (rather than whole genomes marked val) costs training.
+        val_from_tails = any(g.segments["train"] and g.segments["val"] for g in self.genomes if g.class_index == c)
+        if part == "train" and region:
+            return "lower --val-fraction and --test-fraction (task.val_fraction, task.test_fraction) or "
+        if part == "train" and val_from_tails:
+            return "lower --val-fraction (task.val_fraction) or "
+        if part == "val" and (region or val_from_tails):
+            return "raise --val-fraction (task.val_fraction) or "
+        if part == "test" and region:
+            return "raise --test-fraction (task.test_fraction) or "
+        return ""  # whole genomes or contigs: no fraction makes one longer
 
     def describe(self) -> str:
         """A table of classes, genomes and bases per part."""
@@ -396,29 +472,29 @@ class WindowDraw:
 class BalancedWindowDataset(_EpochMixin, Dataset):
     """Training windows at random offsets, the same number from every class.
 
-    Item ``i`` belongs to class ``i % num_classes`` (so every batch is balanced); its genome segment is drawn with
-    probability proportional to the number of window positions it offers, then a start uniformly inside it.
-    Windows with more than ``max_n_fraction`` N are redrawn (up to ``max_tries`` times); a window is
-    reverse-complemented with probability ``reverse_complement_prob`` (both strands).
+    Item ``i`` belongs to class ``i % num_classes`` (so every batch is balanced); its start is drawn uniformly from
+    the class's training window starts with at most ``max_n_fraction`` N (planned up front by
+    :meth:`SpeciesDataset.train_regions`, so a draw cannot fail); a window is reverse-complemented with probability
+    ``reverse_complement_prob`` (both strands).
 
     Shapes:
         item: ``(tokens (window,) int64, label () int64)``.
     """
 
     def __init__(self, dataset: SpeciesDataset, window: int, *, num_samples: int, seed: int = 0,
-                 reverse_complement_prob: float = 0.5, max_n_fraction: float = 0.1, max_tries: int = 100):
+                 reverse_complement_prob: float = 0.5, max_n_fraction: float = 0.1):
         if num_samples < 0:
             raise ValueError(f"num_samples must be non-negative, got {num_samples}")
         if not 0.0 <= reverse_complement_prob <= 1.0:
-            raise ValueError(f"reverse_complement_prob must be in [0, 1], got {reverse_complement_prob}")
+            raise ValueError(f"task.rc_prob (reverse_complement_prob) must be in [0, 1], got {reverse_complement_prob}")
         self._init_epoch(seed)
         self.dataset = dataset
         self.window = window
         self.num_samples = num_samples
         self.reverse_complement_prob = reverse_complement_prob
         self.max_n_fraction = max_n_fraction
-        self.max_tries = max_tries
-        self.regions = dataset.train_regions(window)
+        self.regions = dataset.train_regions(window, max_n_fraction)
+        # A run is drawn in proportion to its starts, then a start in it: uniform over all acceptable starts.
         self._weights = [np.cumsum([last - first + 1 for _, _, first, last in r], dtype=np.int64)
                          for r in self.regions]
 
@@ -430,15 +506,9 @@ class BalancedWindowDataset(_EpochMixin, Dataset):
         label = index % self.dataset.num_classes
         rng = self._rng(index)
         regions, weights = self.regions[label], self._weights[label]
-        for _ in range(self.max_tries):
-            genome, contig, first, last = regions[int(np.searchsorted(weights, rng.integers(weights[-1]),
-                                                                      side="right"))]
-            start = int(rng.integers(first, last, endpoint=True))
-            n = self.dataset.store(genome).count_n(contig, start, start + self.window)
-            if n <= self.max_n_fraction * self.window:
-                return WindowDraw(label, genome, contig, start, bool(rng.random() < self.reverse_complement_prob))
-        raise RuntimeError(f"class '{self.dataset.classes[label]}': no training window with at most "
-                           f"{self.max_n_fraction:.0%} N in {self.max_tries} draws; raise max_n_fraction")
+        genome, contig, first, last = regions[int(np.searchsorted(weights, rng.integers(weights[-1]), side="right"))]
+        start = int(rng.integers(first, last, endpoint=True))
+        return WindowDraw(label, genome, contig, start, bool(rng.random() < self.reverse_complement_prob))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         draw = self.locate(index)
@@ -507,7 +577,10 @@ def prepare_species(manifest: Manifest | str | os.PathLike, out_dir: str | os.Pa
             store = build_store([genome.path], directory, progress=progress)
         stores.append(store)
     _remove_stale_stores(out / "stores", {g.name for g in manifest.genomes})
+    digests = _contig_digests(stores, _recorded_digests(out))
+    _refuse_copies(manifest, digests)
     segments = split_segments(manifest, [s.contigs for s in stores], split)
+    _warn_about_shared_contigs(manifest, stores, digests, segments)
     classes = manifest.labels
     index = {
         "format": DATASET_FORMAT,
@@ -517,15 +590,107 @@ def prepare_species(manifest: Manifest | str | os.PathLike, out_dir: str | os.Pa
         "split": {**asdict(split), "method": resolve_method(manifest, split.method)},
         "genomes": [
             {"name": g.name, "label": g.label, "class_index": classes.index(g.label), "fasta": str(g.path),
-             "store": f"stores/{g.name}",
+             "store": f"stores/{g.name}", "store_index_digest": digest[0], "contig_digests": digest[1],
              "segments": {p: [[s.contig, s.start, s.end] for s in parts[p]] for p in PARTS}}
-            for g, parts in zip(manifest.genomes, segments, strict=True)
+            for g, parts, digest in zip(manifest.genomes, segments, digests, strict=True)
         ],
     }
     tmp = out / f".{INDEX_NAME}.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(index, indent=1) + "\n")
     os.replace(tmp, out / INDEX_NAME)
     return SpeciesDataset.open(out)
+
+
+# (digest of the store's index, {contig: digest of its tokens}) of one genome.
+_Digests = tuple[str, dict[str, str]]
+
+
+def _contig_digests(stores: list[GenomeStore], recorded: dict[str, _Digests]) -> list[_Digests]:
+    """A digest of each contig's tokens, for each store: the same whatever the record names, line width, case or
+    compression of the FASTA file, so copies are found however they were written.
+
+    Hashing reads every base, so digests are reused from the previous index (``recorded``, by store directory)
+    while the store's own index is unchanged, which it is unless the store was rebuilt. Contigs that hold no sequence
+    (empty, or all N) are left out: they are alike without being copies.
+    """
+    found = []
+    for store in stores:
+        key = hashlib.sha256((store.directory / STORE_INDEX_NAME).read_bytes()).hexdigest()[:16]
+        previous = recorded.get(store.directory.name)
+        if previous is not None and previous[0] == key:
+            found.append(previous)
+            continue
+        contigs = {name: hashlib.sha256(store.array(name)).hexdigest()[:32] for name in store.names
+                   if store.info(name).n_count < store.length(name)}
+        found.append((key, contigs))
+    return found
+
+
+def _recorded_digests(out: Path) -> dict[str, _Digests]:
+    """Digests in an earlier index of ``out``, by store directory name; none when there is no readable one."""
+    try:
+        index = json.loads((out / INDEX_NAME).read_text())
+        return {Path(g["store"]).name: (g["store_index_digest"], g["contig_digests"]) for g in index["genomes"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _where(manifest: Manifest, genome: GenomeEntry) -> str:
+    return genome.where or str(manifest.source)
+
+
+def _refuse_copies(manifest: Manifest, digests: list[_Digests]) -> None:
+    """Refuse two manifest entries holding the same genome (the same contig sequences, in any order or names).
+
+    :func:`read_manifest` finds the same file and byte-identical copies before anything is built; a gzip copy, or
+    one written at another line width, is only found here, from the sequence.
+
+    Raises:
+        ManifestError: naming both entries; a copy under one label would put one genome in two parts (its test
+            windows would be training data), a copy under two labels would teach two classes the same sequence.
+    """
+    seen: dict[tuple[str, ...], GenomeEntry] = {}
+    for genome, (_, contigs) in zip(manifest.genomes, digests, strict=True):
+        other = seen.setdefault(tuple(sorted(contigs.values())), genome)
+        if other is genome:
+            continue
+        where = _where(manifest, genome)
+        same = f"it holds the same sequence as {other.path} ({_where(manifest, other)})"
+        if other.label == genome.label:
+            raise ManifestError(f"{where}: {genome.path} is listed twice under label '{genome.label}': {same}; list "
+                                f"each genome once")
+        raise ManifestError(f"{where}: {genome.path} appears under two labels, '{other.label}' and '{genome.label}': "
+                            f"{same}; a genome must belong to one class")
+
+
+def _warn_about_shared_contigs(manifest: Manifest, stores: list[GenomeStore], digests: list[_Digests],
+                               segments: list[dict[str, list[Segment]]]) -> None:
+    """Warn about a contig found in two places (e.g. one plasmid in two genomes) whose copies differ in class or
+    split: windows of it are then trained on while a copy is held out, or teach two classes the same sequence.
+
+    A warning, not an error: related genomes can truly share a contig, and it is usually a small part of them.
+    Copies with the same class and the same split (e.g. under split=region, which cuts both alike) are fine.
+    """
+    places: dict[str, list[tuple[int, str]]] = {}
+    for g, (_, contigs) in enumerate(digests):
+        for name, digest in contigs.items():
+            places.setdefault(digest, []).append((g, name))
+
+    def role(g: int, name: str) -> tuple:  # class, and which bases of the contig are in which part
+        parts = tuple((p, s.start, s.end) for p in PARTS for s in segments[g][p] if s.contig == name)
+        return manifest.genomes[g].label, parts
+
+    for copies in places.values():
+        if len(copies) < 2 or len({role(g, name) for g, name in copies}) == 1:
+            continue
+        described = ", ".join(f"'{name}' of {manifest.genomes[g].name} (class {manifest.genomes[g].label}, "
+                              f"{'+'.join(dict.fromkeys(p for p, *_ in role(g, name)[1]))})" for g, name in copies)
+        labels = {manifest.genomes[g].label for g, _ in copies}
+        why = ("two classes share it" if len(labels) > 1 else
+               "windows of one copy are trained on while another is held out")
+        g, name = copies[0]
+        warnings.warn(f"{manifest.source}: the same {stores[g].length(name):,}-bp contig is in {len(copies)} places: "
+                      f"{described}; {why}", stacklevel=3)
 
 
 def _is_dataset_dir(directory: Path) -> bool:

@@ -17,7 +17,9 @@ next to the manifest; the examples shipped in the package (``bacteria``, ``droso
 ``<repository>/../shared/data``, where a development checkout keeps the shared data.
 
 Everything a user can get wrong fails here, with one line, before any store is built or model trained: a missing
-file, fewer than two classes, a label with no file, a FASTA listed under two labels.
+file, fewer than two classes, a label with no file or listed twice, a FASTA listed under two labels. Copies that
+differ in bytes (gzip, another line width, other record names) are only found from their sequence, once the stores
+are built (:func:`dna_mamba.species.dataset.prepare_species`).
 """
 
 from __future__ import annotations
@@ -30,10 +32,15 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import yaml
+
 PARTS = ("train", "val", "test")
 DATA_ROOT_ENV = "DNA_MAMBA_DATA"
 EXAMPLES = ("bacteria", "drosophila_chr4")
 _YAML_SUFFIXES = (".yaml", ".yml")
+# A TSV line without tabs is split at runs of spaces, so a path with a space in it becomes two columns.
+_SPACES_HINT = ("; columns are tab-separated (a line without tabs is split at spaces), so a path with spaces needs "
+                "tabs between the columns")
 
 
 class ManifestError(ValueError):
@@ -49,12 +56,15 @@ class GenomeEntry:
         path: absolute path of the FASTA file (plain, gzip or bgzip; any number of contigs).
         part: ``"train"``, ``"val"`` or ``"test"`` when the manifest assigns one, else None (the split decides).
         name: a short name, unique in the manifest (the file name without FASTA/compression suffixes).
+        where: the manifest line (``m.tsv:3``) or entry (``m.yaml: label 'A'``) it was read from, for error
+            messages; empty for entries made in code.
     """
 
     label: str
     path: Path
     part: str | None
     name: str
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,17 +160,62 @@ def _read_tsv(path: Path) -> list[_Row]:
         where = f"{path}:{number}"
         if len(fields) == 1:
             raise ManifestError(f"{where}: label '{fields[0]}' has no FASTA file (expected: label, path[, split])")
+        hint = _SPACES_HINT if "\t" not in line else ""
         if len(fields) > 3:
-            raise ManifestError(f"{where}: expected 2 or 3 columns (label, path[, split]), got {len(fields)}")
+            raise ManifestError(f"{where}: expected 2 or 3 columns (label, path[, split]), got {len(fields)}{hint}")
+        if len(fields) == 3 and fields[2].lower() not in PARTS:
+            raise ManifestError(f"{where}: split must be one of {', '.join(PARTS)} (or empty), got '{fields[2]}'"
+                                f"{hint}")
         rows.append((where, fields[0], fields[1], fields[2] if len(fields) == 3 else None))
     return rows
 
 
-def _read_yaml(path: Path) -> list[_Row]:
-    import yaml
+class _RepeatedKey(Exception):
+    """A key repeated in one YAML mapping, at ``line`` (1-based); ``is_label`` when that mapping is the labels'."""
 
+    def __init__(self, key: object, line: int, is_label: bool):
+        super().__init__(key, line, is_label)
+        self.key, self.line, self.is_label = key, line, is_label
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key repeated in one mapping.
+
+    PyYAML keeps the last value of a repeated key without a word, so a label written twice would silently drop the
+    genomes listed under its first occurrence.
+    """
+
+    def construct_document(self, node: yaml.Node):
+        # The mapping whose keys are labels: the document itself, or what its single `genomes:` key holds.
+        self.labels_node = node
+        if isinstance(node, yaml.MappingNode) and {key.value for key, _ in node.value} == {"genomes"}:
+            self.labels_node = node.value[0][1]
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` merges are meant to be overridden
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in seen
+                except TypeError:
+                    continue  # unhashable: the base class reports it
+                if repeated:
+                    raise _RepeatedKey(key, key_node.start_mark.line + 1, node is self.labels_node)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> list[_Row]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
+        data = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_UniqueKeyLoader)
+    except _RepeatedKey as err:
+        what = (f"label '{err.key}' appears twice; list all its genomes under one key" if err.is_label
+                else f"key '{err.key}' appears twice in one mapping")
+        raise ManifestError(f"{path}:{err.line}: {what}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -213,14 +268,14 @@ def _validate(source: Path, rows: list[_Row], roots: list[Path], explicit_root: 
                 raise ManifestError(f"{where}: {fasta} appears under two labels, '{other_label}' and '{label}' "
                                     f"(as {other_path}); a genome must belong to one class")
             seen[key] = (label, fasta)
-        genomes.append(GenomeEntry(label, fasta, part, ""))
+        genomes.append(GenomeEntry(label, fasta, part, "", where))
     labels = list(dict.fromkeys(g.label for g in genomes))
     if len(labels) < 2:
         found = f"only '{labels[0]}'" if labels else "none"
         raise ManifestError(f"{source}: species classification needs at least two classes, found {found}")
     names = _unique_names(genomes)
-    return Manifest(source, tuple(GenomeEntry(g.label, g.path, g.part, n) for g, n in zip(genomes, names,
-                                                                                          strict=True)))
+    return Manifest(source, tuple(GenomeEntry(g.label, g.path, g.part, n, g.where)
+                                  for g, n in zip(genomes, names, strict=True)))
 
 
 def _resolve(where: str, text: str, roots: list[Path], explicit_root: bool) -> Path:
