@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_module
 from dna_mamba.data.fasta import read_fasta
 from dna_mamba.export import export_checkpoint
 from dna_mamba.model import load_pretrained
-from dna_mamba.species.cli import sweep_main
+from dna_mamba.species.cli import build_sweep_parser, sweep_main
 from dna_mamba.species.model import load_classifier
 from dna_mamba.tokenizer import decode, reverse_complement
 from dna_mamba.train import build_species_configs, run_from_config
@@ -101,12 +101,16 @@ TINY = ["task=species", "model=tiny", "trainer=cpu", "context.seq_len=256", "tra
         "task.test_windows_per_class=4", "task.val_windows_per_class=2", "task.run_baseline=false"]
 
 
-def test_hydra_task_fine_tunes_head_on_frozen_pretrained_backbone(sweep: Path, tmp_path: Path) -> None:
+def test_hydra_task_fine_tunes_head_on_frozen_pretrained_backbone(sweep: Path, tmp_path: Path, capsys) -> None:
     init = sweep / "context_128" / "classifier" / "model"
     cfg = hydra_cfg([*TINY, f"task.prepared={sweep / 'dataset'}", f"init_from={init}", "task.freeze_backbone=true",
-                     "task.pooling=mean", "task.lr=1e-2", f"out_dir={tmp_path}"])
+                     "task.pooling=mean", "task.lr=1e-2", "trainer.max_steps=1", f"out_dir={tmp_path}"])
     results = run_from_config(cfg)
     assert results["seq_len"] == 256 and results["freeze_backbone"] and results["init_from"] == str(init)
+    # trainer.max_steps does not cut a species run short (it is counted in epochs), and the run says so.
+    assert results["global_step"] == 2
+    assert "note: task=species does not use trainer.max_steps=1 (the run is task.epochs x task.steps_per_epoch" in \
+        capsys.readouterr().out
     assert (tmp_path / "confusion.png").is_file() and (tmp_path / "results.json").is_file()
     trained, start = load_classifier(tmp_path / "classifier"), load_pretrained(init)
     assert trained.head.pooling == "mean"
@@ -196,8 +200,9 @@ def test_species_configs_compose_and_build() -> None:
 
 
 def test_context_longer_than_a_class_fails_before_training(slices: Path, tmp_path: Path) -> None:
-    for name in ("short_a", "short_b"):  # a class whose genomes are all shorter than the 256-bp context
-        (tmp_path / f"{name}.fa").write_text(f">{name}_1\n" + "ACGT" * 50 + f"\n>{name}_2\n" + "ACGGT" * 30 + "\n")
+    # A class whose genomes are all shorter than the 256-bp context (two genomes, not copies of one: those are refused).
+    for name, unit in (("short_a", "ACGT"), ("short_b", "AGCT")):
+        (tmp_path / f"{name}.fa").write_text(f">{name}_1\n" + unit * 50 + f"\n>{name}_2\n" + unit[::-1] * 30 + "\n")
     manifest = tmp_path / "m.tsv"
     manifest.write_text(f"E_Coli\t{slices.parent / 'MG1655-K12.fa'}\nE_Coli\t{slices.parent / 'DH1.fa'}\n"
                         "shorty\tshort_a.fa\nshorty\tshort_b.fa\n")
@@ -287,7 +292,7 @@ def test_test_stride_longer_than_a_context_fails_before_any_run(sweep: Path, tmp
                     "--test-stride", "200", "--quiet"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert "stride must be an integer from 1 to the window (128), got 200" in err and "Traceback" not in err
+    assert "--test-stride=200 is longer than the 128 context" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "context_256").exists()
 
 
@@ -340,3 +345,249 @@ def test_fsdp_is_refused_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="trainer=fsdp is not supported by task=species; use trainer=ddp"):
         run_species(None, None, config, seq_len=1024)
     assert not (tmp_path / "run").exists()
+
+
+KMER_ONLY = ["--kmer-only", "--kmer", "3", "--kmer-train-windows", "16", "--test-windows-per-class", "8", "--quiet"]
+
+
+def test_sweep_table_keeps_earlier_runs_only_of_the_same_data_and_test_windows(sweep: Path, slices: Path,
+                                                                                tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    dataset = str(sweep / "dataset")
+    assert sweep_main([dataset, "--out", str(out), "--contexts", "128", *KMER_ONLY]) == 0
+    capsys.readouterr()
+
+    def table_contexts() -> list[int]:
+        return sorted(row["seq_len"] for row in json.loads((out / "sweep.json").read_text())["rows"])
+
+    # Same data and test windows, another context: one table.
+    assert sweep_main([dataset, "--out", str(out), "--contexts", "256", *KMER_ONLY]) == 0
+    printed = capsys.readouterr().out
+    assert table_contexts() == [128, 256] and "note" not in printed and "| 128 (128) |" in printed
+    # Overlapping test windows at 256: the 128 row, scored on tiled windows, is left out with a notice.
+    assert sweep_main([dataset, "--out", str(out), "--contexts", "256", "--test-stride", "1/2", *KMER_ONLY]) == 0
+    printed = capsys.readouterr().out
+    assert table_contexts() == [256] and "| 128 (128) |" not in (out / "sweep.md").read_text()
+    assert "leaves out earlier runs in" in printed and "context_128 (test stride 128)" in printed
+    assert "replacing the earlier run in" in printed  # context_256 was there already
+    # Three classes from the same genomes: the two-class rows are left out, and chance follows the three classes.
+    three = tmp_path / "three.tsv"
+    three.write_text("".join(f"{label}\t{slices.parent / strain}.fa\n"
+                             for label, strain in (("x", "MG1655-K12"), ("y", "DH1"), ("z", "COL"))))
+    assert sweep_main([str(three), "--out", str(out), "--contexts", "512", "--split", "region",
+                       "--dataset-dir", str(tmp_path / "three"), *KMER_ONLY]) == 0
+    printed = capsys.readouterr().out
+    assert table_contexts() == [512]
+    assert "context_128 (classes E_Coli, S_Aureus)" in printed
+    assert "context_256 (classes E_Coli, S_Aureus, test stride 128)" in printed
+
+
+def test_sweep_into_a_folder_of_other_files_says_so_and_keeps_them(sweep: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    args = [str(sweep / "dataset"), "--out", str(tmp_path), "--contexts", "128", *KMER_ONLY]
+    assert sweep_main(args) == 0
+    assert f"note: {tmp_path} already holds other files (notes.txt); the sweep writes" in capsys.readouterr().out
+    assert sweep_main(args) == 0
+    assert "already holds other files" not in capsys.readouterr().out  # a sweep folder by now
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_sweep_identity_compares_models_only_between_model_rows() -> None:
+    from dna_mamba.lit.species_run import SweepIdentity
+
+    data = {"classes": ["a", "b"], "genomes": ["a: a.fa", "b: b.fa"], "segments": "x"}
+    model = {"init_from": None, "parameters": 1000, "pooling": "last", "freeze_backbone": False, "both_strands": True}
+    identity = SweepIdentity(data, "/d", None, model)
+    row = {"seq_len": 1024, "classes": ["a", "b"], "data": data, "test_stride": 1024, "test": {"accuracy": 1.0},
+           **model}
+    assert identity.differences(row) == []
+    assert identity.differences(dict(row, parameters=2000)) == ["parameters 2000"]
+    assert identity.differences(dict(row, data=dict(data, segments="y"))) == ["other data (segments)"]
+    kmer_row = {k: v for k, v in row.items() if k not in ("test", *model)}
+    assert identity.differences(kmer_row) == []  # a k-mer-only row has no model to compare
+    assert SweepIdentity(data, "/d", None).differences(dict(row, parameters=2000)) == []  # nor a k-mer-only sweep
+    # Rows of older code recorded no data identity: the dataset folder stands for it.
+    old = {k: v for k, v in row.items() if k != "data"}
+    assert identity.differences(dict(old, dataset="/d")) == []
+    assert identity.differences(dict(old, dataset="/e")) == ["dataset /e"]
+    assert SweepIdentity(data, "/d", "1/4").differences(dict(row, test_stride=256)) == []
+
+
+def test_rerunning_a_context_replaces_its_tensorboard_logs(sweep: Path, tmp_path: Path, capsys) -> None:
+    args = [str(sweep / "dataset"), "--out", str(tmp_path), "--contexts", "128", "--model", "tiny", "--epochs", "1",
+            "--steps-per-epoch", "1", "--batch-size", "2", "--test-windows-per-class", "2",
+            "--val-windows-per-class", "1", "--no-baseline", "--accelerator", "cpu", "--quiet"]
+    logs = tmp_path / "context_128" / "tensorboard"
+    assert sweep_main(args) == 0
+    first = {p.name for p in logs.glob("events.out.tfevents.*")}
+    (logs / "notes.txt").write_text("mine")
+    assert first and sweep_main(args) == 0
+    second = {p.name for p in logs.glob("events.out.tfevents.*")}
+    assert second and not second & first  # only the new run's curves
+    assert (logs / "notes.txt").read_text() == "mine"
+    assert f"note: replacing the earlier run in {tmp_path / 'context_128'}" in capsys.readouterr().out
+    assert "its earlier run is replaced" in " ".join(build_sweep_parser().format_help().split())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--out", "AFILE"], "--out AFILE: is a file; the sweep writes a folder"),
+    (["--max-time-per-context", "5min"], "--max-time-per-context '5min' is not a duration DD:HH:MM:SS"),
+    (["--micro-batch-tokens", "0"], "--micro-batch-tokens must be positive, got 0"),
+    (["--contexts", "1k,2k,1k"], "--contexts '1k,2k,1k' lists 1k more than once"),
+    (["--contexts", "4,1k", "--kmer", "4,6"], "--contexts '4,1k': 4 is shorter than the largest k-mer size of the "
+                                              "baseline (6)"),
+    (["--lr", "0"], "--lr must be positive, got 0.0"),
+    (["--kmer", "3,9"], "--kmer must lie in 1..8, got [9]"),
+    (["--kmer-train-windows", "0"], "--kmer-train-windows must be positive, got 0"),
+    (["--test-stride", "2k"], "--test-stride=2048 is longer than the 1k context"),
+    (["--test-stride", "quarter"], "--test-stride must be a number of bases"),
+])
+def test_sweep_settings_are_refused_in_flag_terms_before_any_data_work(slices: Path, tmp_path: Path, capsys,
+                                                                       args: list[str], message: str) -> None:
+    (tmp_path / "afile").write_text("mine")
+    args = [a.replace("AFILE", str(tmp_path / "afile")) for a in args]
+    message = message.replace("AFILE", str(tmp_path / "afile"))
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_main([str(slices), "--out", str(tmp_path / "out"), "--contexts", "1k", "--dataset-dir",
+                    str(tmp_path / "data"), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and f"error: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--accelerator", "tpu"], "argument --accelerator: invalid choice: 'tpu'"),
+    (["--kmer-only", "--no-baseline"], "argument --no-baseline: not allowed with argument --kmer-only"),
+])
+def test_sweep_option_values_it_cannot_run_are_usage_errors(tmp_path: Path, capsys, args, message) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_main([str(tmp_path / "m.tsv"), "--out", str(tmp_path / "out"), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_time_limits_take_lightnings_forms() -> None:
+    from datetime import timedelta
+
+    from dna_mamba.lit.species_run import check_max_time
+
+    for value in (None, "00:02:30:00", "10:00:00:05", " 1:00:00:00", timedelta(hours=1), {"minutes": 5}):
+        check_max_time(value)
+    for value in ("5min", "02:30:00", "00:2:30:00", ""):
+        with pytest.raises(ValueError, match=re.escape(f"trainer.max_time {value!r} is not a duration DD:HH:MM:SS")):
+            check_max_time(value)
+
+
+def test_batch_is_exactly_the_windows_asked_for() -> None:
+    from dna_mamba.lit.species import SpeciesTaskConfig
+    from dna_mamba.lit.species_run import SpeciesBatchPlan
+
+    task = SpeciesTaskConfig(batch_size=10, micro_batch_size=4)
+    with pytest.raises(ValueError, match=re.escape("task.batch_size=10 is not a whole number of micro-batches of "
+                                                   "task.micro_batch_size=4: choose a micro-batch size that divides "
+                                                   "10 (1, 2, 5, 10) or a batch size that is a multiple of 4 (8 or "
+                                                   "12)")):
+        SpeciesBatchPlan.from_task(task, 1024, None)
+    with pytest.raises(ValueError, match=r"task.batch_size=10 windows cannot be shared evenly by 4 devices; choose a "
+                                         r"multiple of 4 \(8 or 12\)"):
+        SpeciesBatchPlan.from_task(SpeciesTaskConfig(batch_size=10), 1024, 1 << 20, devices=4)
+    # From micro_batch_tokens: the most windows that fit (4 here) and divide the batch.
+    plan = SpeciesBatchPlan.from_task(SpeciesTaskConfig(batch_size=10), 1024, 4096)
+    assert (plan.micro_batch_size, plan.accumulate_grad_batches, plan.effective_batch) == (2, 5, 10)
+    plan = SpeciesBatchPlan.from_task(SpeciesTaskConfig(batch_size=64), 1024, 1 << 20, devices=2)
+    assert (plan.micro_batch_size, plan.accumulate_grad_batches, plan.effective_batch) == (32, 1, 64)
+    with pytest.raises(ValueError, match="trainer.micro_batch_tokens must be positive, got 0"):
+        SpeciesBatchPlan.from_task(SpeciesTaskConfig(), 1024, 0)
+
+
+def test_baseline_without_k_mer_sizes_is_refused_as_on_the_command_line() -> None:
+    from dna_mamba.lit.species import SpeciesTaskConfig
+
+    with pytest.raises(ValueError, match=r"task.kmer_ks lists no k-mer size .*set task.run_baseline=false"):
+        SpeciesTaskConfig(kmer_ks=[])
+    assert SpeciesTaskConfig(kmer_ks=[], run_baseline=False).kmer_ks == []
+
+
+def test_trainer_settings_a_species_run_does_not_use_get_a_notice_unless_preset() -> None:
+    from omegaconf import OmegaConf
+
+    from dna_mamba.lit.species_run import unused_trainer_settings
+
+    def unused(overrides: list[str]) -> list[str]:
+        cfg = hydra_cfg(["task=species", "task.manifest=x.tsv", *overrides])
+        trainer = build_species_configs(cfg)[3]
+        return [s.split(" ")[0] for s in unused_trainer_settings(trainer, OmegaConf.to_yaml(cfg, resolve=True))]
+
+    assert unused([]) == [] and unused(["trainer=gpu"]) == []  # the presets' own values: 350 and 10000 steps
+    assert unused(["trainer.max_steps=1", "trainer.checkpoint_every_n_steps=7"]) == [
+        "trainer.max_steps=1", "trainer.checkpoint_every_n_steps=7"]
+    assert unused(["trainer=gpu", "trainer.val_check_interval=100"]) == ["trainer.val_check_interval=100"]
+
+
+def test_kmer_baseline_shows_progress_unless_quiet(sweep: Path, capsys) -> None:
+    from dna_mamba.species.dataset import BalancedWindowDataset, EvalWindowDataset, SpeciesDataset
+    from dna_mamba.species.kmer import kmer_baseline
+
+    data = SpeciesDataset.open(sweep / "dataset")
+    train = BalancedWindowDataset(data, 128, num_samples=8)
+    test = EvalWindowDataset(data, data.eval_windows("test", 128, per_class=4))
+    kmer_baseline(train, test, data.classes, ks=[2, 3], progress=False)
+    assert capsys.readouterr().err == ""
+    kmer_baseline(train, test, data.classes, ks=[2, 3], progress=True)
+    err = capsys.readouterr().err
+    assert "k-mer features (128 bp): 100%" in err and "16/16" in err and "k-mer logistic regression: 100%" in err
+
+
+def _fail_half_way(path: Path, content: bytes) -> None:
+    """What a crash or a full disk leaves: part of the file, then an error."""
+    Path(path).write_bytes(content[: len(content) // 2])
+    raise OSError("No space left on device")
+
+
+def test_sweep_report_files_are_replaced_whole_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib.figure
+
+    from dna_mamba.lit.species_run import write_sweep_report
+    from dna_mamba.species.metrics import plot_confusion
+
+    row = {"seq_len": 1024, "kmer": {"3": {"accuracy": 0.75}}, "test_windows_per_class": [4, 4]}
+    write_sweep_report([row], [3], tmp_path, num_classes=2)
+    plot_confusion(np.array([[3, 1], [0, 4]]), ["a", "b"], tmp_path / "confusion.png")
+    kept = {name: (tmp_path / name).read_bytes() for name in ("sweep.md", "sweep.png", "confusion.png")}
+    monkeypatch.setattr(Path, "write_text", lambda self, text, *a, **k: _fail_half_way(self, text.encode()))
+    with pytest.raises(OSError):
+        write_sweep_report([row, dict(row, seq_len=2048)], [3], tmp_path, num_classes=2)
+    assert (tmp_path / "sweep.md").read_bytes() == kept["sweep.md"]
+    monkeypatch.undo()
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, path, **k: _fail_half_way(path, b"x" * 99))
+    with pytest.raises(OSError):
+        write_sweep_report([row, dict(row, seq_len=2048)], [3], tmp_path, num_classes=2)
+    with pytest.raises(OSError):
+        plot_confusion(np.array([[4, 0], [0, 4]]), ["a", "b"], tmp_path / "confusion.png")
+    assert [(tmp_path / name).read_bytes() for name in ("sweep.png", "confusion.png")] == [
+        kept["sweep.png"], kept["confusion.png"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "sweep.json", "sweep.md", "sweep.png"]
+
+
+def test_classifier_is_replaced_whole_so_backbone_and_head_stay_a_pair(tmp_path: Path, monkeypatch) -> None:
+    import dna_mamba.species.model as species_model
+    from dna_mamba.model import DnaMambaConfig, DnaMambaLM
+    from dna_mamba.species.model import SpeciesHead, save_classifier
+
+    config = DnaMambaConfig(d_model=8, n_layer=1, d_state=4)
+    torch.manual_seed(0)
+    first = DnaMambaLM(config), SpeciesHead(8, 2)
+    save_classifier(*first, ["a", "b"], 64, tmp_path / "classifier")
+    second = DnaMambaLM(config), SpeciesHead(8, 2)
+    monkeypatch.setattr(species_model, "save_file", lambda tensors, path: _fail_half_way(Path(path), b"x" * 99))
+    with pytest.raises(OSError):
+        save_classifier(*second, ["a", "b"], 64, tmp_path / "classifier")
+    loaded = load_classifier(tmp_path / "classifier")
+    for (name, a), b in zip(loaded.model.state_dict().items(), first[0].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)  # the old backbone, beside the old head
+    torch.testing.assert_close(loaded.head.linear.weight, first[1].linear.weight)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier"]  # no temporary directory left behind
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="holds notes.txt, so it is not a saved species classifier; refusing"):
+        save_classifier(*first, ["a", "b"], 64, tmp_path / "mine")

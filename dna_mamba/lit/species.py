@@ -72,6 +72,9 @@ class SpeciesTaskConfig:
             raise ValueError(f"task.micro_batch_size must be positive or null, got {self.micro_batch_size}")
         if self.lr <= 0:
             raise ValueError(f"task.lr must be positive, got {self.lr}")
+        if self.run_baseline and not self.kmer_ks:
+            raise ValueError("task.kmer_ks lists no k-mer size (e.g. [4,5,6]); set task.run_baseline=false to skip "
+                             "the k-mer baseline")
         bad_k = [k for k in self.kmer_ks if not 1 <= k <= MAX_K]
         if bad_k:
             raise ValueError(f"task.kmer_ks must lie in 1..{MAX_K}, got {bad_k}")
@@ -86,9 +89,14 @@ class SpeciesTaskConfig:
         A fraction lets one setting serve every context of a sweep; a stride in bases longer than ``seq_len`` is
         refused when the windows are planned.
         """
-        if isinstance(self.test_stride, str):
-            return max(1, int(Fraction(self.test_stride) * seq_len))
-        return self.test_stride
+        return stride_at(self.test_stride, seq_len)
+
+
+def stride_at(test_stride: int | str | None, seq_len: int) -> int | None:
+    """:meth:`SpeciesTaskConfig.test_stride_at` of a normalised ``test_stride`` setting."""
+    if isinstance(test_stride, str):
+        return max(1, int(Fraction(test_stride) * seq_len))
+    return test_stride
 
 
 def _test_stride(value: int | str | None) -> int | str | None:

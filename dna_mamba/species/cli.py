@@ -6,13 +6,17 @@ The sweep runs Lightning through :mod:`dna_mamba.lit.species_run`, imported only
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
+from pathlib import Path
 
 import yaml
 
 from dna_mamba.errors import report_user_errors
+from dna_mamba.outputs import check_output, same_file
 from dna_mamba.species.dataset import SPLIT_METHODS, SplitConfig, prepare_species
 from dna_mamba.species.manifest import EXAMPLES, read_manifest
 from dna_mamba.species.report import parse_context
@@ -87,7 +91,11 @@ def build_sweep_parser() -> argparse.ArgumentParser:
         "windows: one fine-tuning run per context, then sweep.md (table) and sweep.png (plot).")
     parser.add_argument("manifest", help="TSV or YAML manifest, a shipped example name, or a prepared dataset "
                         "directory (from prepare-species)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory (one subfolder per context)")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output directory: sweep.md, sweep.json, sweep.png and one subfolder per context. A "
+                        "context already there is run again: its earlier run is replaced. The table also lists the "
+                        "other contexts of earlier sweeps there, if they ran on the same data, test windows and "
+                        "model (others are left out, with a notice)")
     parser.add_argument("--contexts", default="1k,2k,4k,8k,16k,32k,64k,128k,256k,512k,1m",
                         help="comma-separated lengths (default: 2^10 ... 2^20)")
     parser.add_argument("--dataset-dir", metavar="DIR", help="where to prepare the manifest (default: the cache)")
@@ -99,7 +107,8 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps-per-epoch", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=64, help="windows per optimizer step (default 64)")
     parser.add_argument("--micro-batch-tokens", type=int, default=1 << 20, metavar="N",
-                        help="tokens per forward pass; gradient accumulation makes up the batch (default 2^20)")
+                        help="tokens per forward pass at most; gradient accumulation makes up the batch exactly, with "
+                        "micro-batches of the most windows that fit and divide --batch-size (default 2^20)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--pooling", choices=("last", "mean"), default="last")
     parser.add_argument("--freeze-backbone", action="store_true", help="train the head only")
@@ -112,12 +121,15 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-windows-per-class", type=int, default=32)
     parser.add_argument("--kmer", default="4,5,6", help="k-mer sizes of the baseline (default 4,5,6)")
     parser.add_argument("--kmer-train-windows", type=int, default=2048)
-    parser.add_argument("--kmer-only", action="store_true", help="run only the k-mer baseline")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the k-mer baseline")
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default)")
+    baseline = parser.add_mutually_exclusive_group()
+    baseline.add_argument("--kmer-only", action="store_true", help="run only the k-mer baseline")
+    baseline.add_argument("--no-baseline", action="store_true", help="skip the k-mer baseline")
+    parser.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="auto (default): a CUDA GPU when PyTorch sees one, else the CPU")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on a GPU, 32-true on a CPU")
     parser.add_argument("--max-time-per-context", metavar="DD:HH:MM:SS",
-                        help="stop training at a context after this long (then evaluate); for time-boxed sweeps")
+                        help="stop training at a context after this long (then evaluate); for time-boxed sweeps, "
+                        "e.g. 00:02:30:00")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--title", default="", help="plot and table title")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -149,23 +161,69 @@ def _parse_ks(text: str) -> list[int]:
     return ks
 
 
+# The sweep's flags for the settings that library messages name by their Hydra keys.
+FLAGS = {"task.lr": "--lr", "task.epochs": "--epochs", "task.steps_per_epoch": "--steps-per-epoch",
+         "task.batch_size": "--batch-size", "task.val_windows_per_class": "--val-windows-per-class",
+         "task.test_windows_per_class": "--test-windows-per-class", "task.test_stride": "--test-stride",
+         "task.kmer_ks": "--kmer", "task.kmer_train_windows": "--kmer-train-windows", "task.pooling": "--pooling",
+         "task.split": "--split", "task.val_fraction": "--val-fraction", "task.test_fraction": "--test-fraction",
+         "trainer.micro_batch_tokens": "--micro-batch-tokens", "trainer.max_time": "--max-time-per-context"}
+
+
+@contextlib.contextmanager
+def _in_flag_terms() -> Iterator[None]:
+    """Re-raise a ValueError whose message names settings by Hydra key (``task.lr``) with the flags instead."""
+    try:
+        yield
+    except ValueError as err:
+        message = str(err)
+        translated = re.sub(r"\b(?:task|trainer)\.\w+", lambda m: FLAGS.get(m.group(0), m.group(0)), message)
+        if translated == message:
+            raise
+        raise ValueError(translated) from err
+
+
+def _check_out(out: str, data: Sequence[str | None]) -> Path:
+    """Refuse, before any data work, an --out that cannot be the sweep's folder; note one that holds other files."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"--out {out}: is a file; the sweep writes a folder (sweep.md, sweep.png and one "
+                                 "subfolder per context)")
+    for source in data:
+        if source is not None and same_file(source, path):
+            raise ValueError(f"--out {out}: is the dataset directory {source}; give the sweep a folder of its own")
+    check_output(path / "sweep.md", f"--out {out}")  # a folder that can be made and written
+    if path.is_dir():
+        others = sorted(p.name for p in path.iterdir() if p.name not in ("sweep.md", "sweep.json", "sweep.png")
+                        and not p.name.startswith("context_"))
+        if others and not (path / "sweep.json").is_file():
+            listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            print(f"note: {out} already holds other files ({listed}); the sweep writes sweep.md, sweep.json, "
+                  "sweep.png and context_* folders beside them")
+    return path
+
+
 def sweep_main(argv: Sequence[str] | None = None) -> int:
     """``dna-mamba species-sweep``; returns the exit status."""
     args = build_sweep_parser().parse_args(argv)
-    with report_user_errors(args.debug, memory_advice="a smaller --batch-size, or fewer or shorter --contexts"):
-        from pathlib import Path
+    with report_user_errors(args.debug, memory_advice="a smaller --batch-size, or fewer or shorter --contexts"), \
+            _in_flag_terms():
+        prepared = Path(args.manifest).is_dir()
+        _check_out(args.out, [args.manifest if prepared else None, args.dataset_dir])
+        if args.micro_batch_tokens < 1:
+            raise ValueError(f"--micro-batch-tokens must be positive, got {args.micro_batch_tokens}")
+        contexts = [parse_context(c) for c in args.contexts.split(",") if c.strip()]
+        kmer_ks = _parse_ks(args.kmer)
 
         import torch
 
         from dna_mamba.lit.runner import TrainerConfig
         from dna_mamba.lit.species import SpeciesTaskConfig
-        from dna_mamba.lit.species_run import run_species_sweep
+        from dna_mamba.lit.species_run import check_context_list, check_max_time, run_species_sweep
 
-        contexts = [parse_context(c) for c in args.contexts.split(",") if c.strip()]
-        if not contexts:
-            raise ValueError(f"--contexts {args.contexts!r} lists no context length (e.g. 1k,32k)")
-        kmer_ks = _parse_ks(args.kmer)
-        prepared = Path(args.manifest).is_dir()
+        check_max_time(args.max_time_per_context, "--max-time-per-context")
+        if args.accelerator == "gpu" and not args.kmer_only and not torch.cuda.is_available():
+            raise ValueError("--accelerator gpu: PyTorch sees no CUDA GPU on this machine; use --accelerator cpu")
         task = SpeciesTaskConfig(
             manifest=None if prepared else args.manifest, prepared=args.manifest if prepared else None,
             data_root=args.data_root, dataset_dir=args.dataset_dir, split=args.split,
@@ -175,7 +233,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
             val_windows_per_class=args.val_windows_per_class, test_windows_per_class=args.test_windows_per_class,
             test_stride=args.test_stride, run_baseline=not args.no_baseline,
             kmer_ks=kmer_ks, kmer_train_windows=args.kmer_train_windows)
-        gpu = args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available())
+        check_context_list(task, contexts, kmer_only=args.kmer_only, option=f"--contexts {args.contexts!r}")
+        gpu = args.accelerator == "gpu" or (args.accelerator == "auto" and torch.cuda.is_available())
         trainer = TrainerConfig(out_dir=args.out, accelerator=args.accelerator,
                                 precision=args.precision or ("bf16-mixed" if gpu else "32-true"),
                                 max_time=args.max_time_per_context, enable_progress_bar=not args.quiet,

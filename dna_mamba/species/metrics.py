@@ -1,4 +1,4 @@
-"""Classification metrics from a confusion matrix, a confusion-matrix PNG, and atomic JSON writes.
+"""Classification metrics from a confusion matrix, a confusion-matrix PNG, and JSON; files are written atomically.
 
 Everything is computed from the confusion matrix, so per-device matrices summed across processes give exactly the
 metrics of the whole evaluation set.
@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from dna_mamba.outputs import atomic_output
 
 
 def confusion(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
@@ -84,17 +86,17 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:  # a crash mid-write keeps the previous plot, not half a PNG
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return path
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
     """Write JSON atomically (a reader never sees half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
     return path

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -115,17 +117,48 @@ class SpeciesClassifier(nn.Module):
 
 def save_classifier(model: DnaMambaLM, head: SpeciesHead, classes: list[str], context: int,
                     directory: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write a classifier directory: ``model/``, ``head.safetensors`` and ``classifier.json``."""
+    """Write a classifier directory: ``model/``, ``head.safetensors`` and ``classifier.json`` (created or replaced).
+
+    The three parts are written to a temporary directory beside ``directory``, which then takes its place, so a
+    crash never pairs a new backbone with an old head (or leaves half of either).
+
+    Raises:
+        ValueError: ``directory`` is a file, or a non-empty directory that is not a saved classifier (replacing it
+            would delete the user's files).
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_pretrained(model, directory / "model")
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()},
-              str(directory / HEAD_WEIGHTS))
-    config = {"classes": list(classes), "pooling": head.pooling, "context": context, "metadata": metadata or {}}
-    tmp = directory / f".{CLASSIFIER_CONFIG}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, directory / CLASSIFIER_CONFIG)
+    _check_replaceable(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        save_pretrained(model, tmp / "model")
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()},
+                  str(tmp / HEAD_WEIGHTS))
+        config = {"classes": list(classes), "pooling": head.pooling, "context": context, "metadata": metadata or {}}
+        (tmp / CLASSIFIER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if directory.exists():
+            backup = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, backup)
+            os.replace(tmp, directory)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _check_replaceable(directory: Path) -> None:
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise ValueError(f"{directory}: exists and is not a directory; refusing to replace it with a classifier")
+    # Only what save_classifier writes (a write of older code, which wrote in place, may have stopped part-way).
+    others = [p.name for p in directory.iterdir() if p.name not in ("model", HEAD_WEIGHTS, CLASSIFIER_CONFIG)]
+    if others:
+        raise ValueError(f"{directory}: holds {', '.join(sorted(others)[:3])}, so it is not a saved species "
+                         "classifier; refusing to overwrite it (choose a new or empty directory)")
 
 
 def load_classifier(directory: str | os.PathLike, device: str | torch.device | None = None) -> SpeciesClassifier:

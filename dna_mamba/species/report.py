@@ -7,6 +7,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from dna_mamba.outputs import atomic_output
+
 
 def context_label(seq_len: int) -> str:
     """``1024`` → ``1k`` (2^10), ``1048576`` → ``1m``; other lengths print as integers."""
@@ -108,7 +110,9 @@ def plot_sweep(rows: Sequence[dict], ks: Sequence[int], path: str | os.PathLike,
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:  # a crash mid-write keeps the previous plot, not half a PNG
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return path
