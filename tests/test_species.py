@@ -429,6 +429,25 @@ def test_rerunning_a_context_replaces_its_tensorboard_logs(sweep: Path, tmp_path
     assert "its earlier run is replaced" in " ".join(build_sweep_parser().format_help().split())
 
 
+def test_kmer_only_sweep_does_not_replace_a_model_run(sweep: Path, tmp_path: Path, capsys) -> None:
+    model = [str(sweep / "dataset"), "--out", str(tmp_path), "--contexts", "128", "--model", "tiny", "--epochs", "1",
+             "--steps-per-epoch", "1", "--batch-size", "2", "--test-windows-per-class", "2",
+             "--val-windows-per-class", "1", "--no-baseline", "--accelerator", "cpu", "--quiet"]
+    assert sweep_main(model) == 0
+    results = (tmp_path / "context_128" / "results.json").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_main([str(sweep / "dataset"), "--out", str(tmp_path), "--contexts", "256,128", *KMER_ONLY])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: context_128 holds a model run, whose results a k-mer-only sweep would replace" in err
+    assert (tmp_path / "context_128" / "results.json").read_text() == results
+    assert not (tmp_path / "context_256").exists()  # refused before any context ran
+    # A k-mer-only run is replaced by another, as before.
+    assert sweep_main([str(sweep / "dataset"), "--out", str(tmp_path / "kmer"), "--contexts", "128", *KMER_ONLY]) == 0
+    assert sweep_main([str(sweep / "dataset"), "--out", str(tmp_path / "kmer"), "--contexts", "128", *KMER_ONLY]) == 0
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--out", "AFILE"], "--out AFILE: is a file; the sweep writes a folder"),
     (["--max-time-per-context", "5min"], "--max-time-per-context '5min' is not a duration DD:HH:MM:SS"),

@@ -447,6 +447,16 @@ def holds_run(run_dir: Path) -> bool:
     return (run_dir / "results.json").is_file() or (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
+def holds_model_run(run_dir: Path) -> bool:
+    """Whether a sweep's context folder holds a model run (finished, or stopped with a checkpoint)."""
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return True
+    try:
+        return "test" in json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 # What results.json records of a run's model; rows of one sweep table must agree on them.
 MODEL_KEYS = ("init_from", "parameters", "pooling", "freeze_backbone", "both_strands")
 
@@ -517,6 +527,13 @@ def run_species_sweep(task: SpeciesTaskConfig, model_config: DnaMambaConfig | No
         for seq_len in contexts:  # a batch that micro-batches cannot make up fails now, not after some contexts
             SpeciesBatchPlan.from_task(task, seq_len, micro_batch_tokens, device_count(trainer_config))
     out_dir = Path(trainer_config.out_dir)
+    if kmer_only:
+        trained = [f"context_{context_label(c)}" for c in contexts
+                   if holds_model_run(out_dir / f"context_{context_label(c)}")]
+        if trained:
+            raise FileExistsError(f"{out_dir}: {', '.join(trained)} hold{'s' if len(trained) == 1 else ''} a model "
+                                  "run, whose results a k-mer-only sweep would replace (a model run with the baseline "
+                                  "on already has its k-mer results); give the k-mer-only sweep its own --out")
     progress = trainer_config.enable_progress_bar
     dataset = open_species_dataset(task, progress=progress)
     check_contexts(task, dataset, contexts)
