@@ -6,7 +6,7 @@
     dna-mamba embed --model DIR --fasta REF --bed REGIONS --out emb.parquet
     dna-mamba score-vcf --model DIR --fasta REF --vcf IN.vcf.gz --out OUT.vcf.gz
     dna-mamba mutagenesis --model DIR --fasta REF --region chrM:1-500 --out PREFIX
-    dna-mamba info MODEL_DIR                        what a saved model is
+    dna-mamba info [MODEL_DIR]                      what a saved model is (default: the shipped human model)
     dna-mamba prepare-species MANIFEST --out DIR    species manifest -> stores + split
     dna-mamba species-sweep MANIFEST --out DIR      species accuracy against context length
 """
@@ -72,12 +72,21 @@ def _cmd_mutagenesis(argv: list[str]) -> int:
 
 def _cmd_info(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="dna-mamba info", description="Describe a saved dna_mamba model.")
-    parser.add_argument("model", help="a directory written by save_pretrained / dna-mamba export")
+    parser.add_argument("model", nargs="?", help="a directory written by save_pretrained / dna-mamba export "
+                        "(default: the human model shipped with dna_mamba, which score-vcf and mutagenesis use "
+                        "without --model)")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     args = parser.parse_args(argv)
     from dna_mamba.model.io import read_config
 
     with report_user_errors(args.debug, memory_advice=None):
+        if args.model is None:
+            from dna_mamba.tasks.variants import HUMAN_MODEL_DIR, default_human_model
+
+            shipped = default_human_model()
+            if shipped is None:
+                raise FileNotFoundError(f"no model given and no shipped human model in {HUMAN_MODEL_DIR}")
+            args.model = str(shipped)
         config, metadata = read_config(args.model)
     from dna_mamba.model import DnaMambaLM
 

@@ -160,3 +160,16 @@ def test_sweep_options_that_would_do_nothing_or_crash(tmp_path: Path, capsys, ar
     assert info.value.code == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "sweep").exists()
+
+
+def test_info_without_a_model_describes_the_shipped_human_model(capsys, monkeypatch, tmp_path: Path) -> None:
+    from dna_mamba.tasks import variants
+
+    assert cli_main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{variants.HUMAN_MODEL_DIR}: ") and "12 Mamba blocks of d_model 128" in out
+    monkeypatch.setattr(variants, "HUMAN_MODEL_DIR", tmp_path / "missing")
+    with pytest.raises(SystemExit) as info:
+        cli_main(["info"])
+    assert info.value.code == 1
+    assert f"error: no model given and no shipped human model in {tmp_path / 'missing'}" in capsys.readouterr().err
