@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import shutil
+import socket
+import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +19,11 @@ if TYPE_CHECKING:  # imported by parse_device only, so that --help stays quick
     import torch
 
 PathLike = str | os.PathLike
+
+# A work directory beside an output is named ``.<output>.<kind>-<pid>@<host>-<random>``: the owner's pid and host
+# tell a leftover of a killed process from a build still running (maybe on another machine sharing the folder).
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+_STALE_AFTER_S = 24 * 3600  # leftovers of another host, or of older dna_mamba without a pid in the name
 
 
 def same_file(a: PathLike, b: PathLike) -> bool:
@@ -73,6 +83,135 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def work_dir_name(target: PathLike, kind: str = "tmp") -> Path:
+    """A fresh name beside ``target`` for a directory that builds it (``tmp``) or holds the output it replaces
+    (``old``); see :func:`make_work_dir` and :func:`remove_stale_work_dirs`."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.{kind}-{os.getpid()}@{_HOST}-{secrets.token_hex(4)}")
+
+
+def make_work_dir(target: PathLike) -> Path:
+    """An empty new directory beside ``target`` to build it in, then rename it to ``target``.
+
+    Made by ``mkdir``, so it gets the permissions of any new directory (0o777 less the umask): ``mkdtemp``'s
+    owner-only 0o700 would stay on the output after the rename and lock out the group.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = work_dir_name(target, "tmp")
+        try:
+            path.mkdir()
+        except FileExistsError:  # another process drew the same random name
+            continue
+        return path
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``os.umask`` can only set and return)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o077)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: PathLike) -> None:
+    """Give ``root`` and everything in it the modes of newly made files: 0o777 less the umask for directories,
+    0o666 less the umask for files.
+
+    For a tree built in a work directory before its rename: some writers make owner-only files (safetensors writes
+    0o600), which would otherwise lock the group out of a finished output.
+    """
+    umask = current_umask()
+    for folder, _, files in os.walk(root):
+        _chmod(folder, 0o777 & ~umask)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                _chmod(path, 0o666 & ~umask)
+
+
+def _chmod(path: str, mode: int) -> None:
+    with contextlib.suppress(OSError):  # a file system without Unix modes (SMB, some FUSE): the output still counts
+        os.chmod(path, mode)
+
+
+def is_work_dir(path: PathLike) -> bool:
+    """Whether ``path`` is named like a work directory of some output (an unfinished build or a replaced output)."""
+    return _WORK_NAME.fullmatch(Path(path).name) is not None
+
+
+_WORK_NAME = re.compile(r"\.(?P<target>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)@(?P<host>[^/]+)-)?[0-9A-Za-z_]+")
+
+
+def remove_stale_work_dirs(target: PathLike) -> list[Path]:
+    """Delete the work directories of ``target`` that killed processes left beside it; returns those removed.
+
+    A work directory goes when its owner, a process of this host, is gone, or (owner on another host, or a name
+    without an owner) when nothing has changed in it for a day. Work directories of other outputs are never touched.
+    """
+    target = Path(target)
+    removed = []
+    try:
+        siblings = list(target.parent.iterdir())
+    except OSError:  # no folder yet: nothing left behind
+        return removed
+    for path in siblings:
+        match = _WORK_NAME.fullmatch(path.name)
+        if match is None or match["target"] != target.name or not _is_stale(path, match):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _is_stale(path: Path, match: re.Match) -> bool:
+    if match["pid"] is not None and match["host"] == _HOST:
+        return not _process_alive(int(match["pid"]))
+    try:
+        return time.time() - path.lstat().st_mtime > _STALE_AFTER_S
+    except OSError:
+        return False
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, as another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def quiet_closed_stdout() -> Iterator[None]:
+    """Stop quietly when the reader of stdout goes away (``dna-mamba prepare ... | head``), without a traceback.
+
+    Output is flushed inside the block, so a closed pipe is noticed here rather than at interpreter exit; stdout is
+    then pointed at ``/dev/null`` so that exit's own flush does not complain again.
+    """
+    try:
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        with contextlib.suppress(OSError, ValueError):  # stdout without a file descriptor: nothing left to flush
+            os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def parse_device(text: str, option: str = "--device") -> torch.device:

@@ -7,6 +7,9 @@ import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from dna_mamba.data.store import (
     default_store_dir,
     resolve_contig,
 )
+from dna_mamba.outputs import make_work_dir
 from dna_mamba.tokenizer import InvalidSequenceError, encode
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -294,3 +298,114 @@ def test_prepare_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert not (tmp_path / "other").exists()
     with pytest.raises(FastaFormatError):
         prepare_main([str(bad), "--out", str(tmp_path / "other"), "--debug"])
+
+
+def _no_builds(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record the stores that cached_store builds from now on."""
+    real_build = store_module.build_store
+    builds: list[Path] = []
+
+    def counting_build(*args, **kwargs):
+        builds.append(args[1])
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "build_store", counting_build)
+    return builds
+
+
+def _swap_keeping_size_and_time(path: Path, records: dict[str, str]) -> None:
+    stat = path.stat()
+    write_fasta(path, records)
+    assert path.stat().st_size == stat.st_size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_cached_store_rebuilds_a_file_swapped_for_one_of_the_same_size_and_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fasta = write_fasta(tmp_path / "genome.fa", {"chr1": "A" * 500})
+    first = cached_store(fasta, cache_dir=tmp_path / "cache", progress=False)
+    builds = _no_builds(monkeypatch)
+    _swap_keeping_size_and_time(fasta, {"chr1": "C" * 500})  # same bytes count, same mtime: only the content differs
+    second = cached_store(fasta, cache_dir=tmp_path / "cache", progress=False)
+    assert builds == [first.directory]
+    assert np.all(np.asarray(second.array("chr1")) == 1)  # C, not the stale A
+
+
+def test_cached_store_notices_a_change_past_the_hashed_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "_HEAD_BYTES", 64)  # a small file then has a head and a distinct tail
+    fasta = write_fasta(tmp_path / "genome.fa", {"chr1": "A" * 1000})
+    first = cached_store(fasta, cache_dir=tmp_path / "cache", progress=False)
+    builds = _no_builds(monkeypatch)
+    assert cached_store(fasta, cache_dir=tmp_path / "cache", progress=False).directory == first.directory
+    assert builds == []
+    _swap_keeping_size_and_time(fasta, {"chr1": "A" * 990 + "G" * 10})
+    assert cached_store(fasta, cache_dir=tmp_path / "cache", progress=False).array("chr1")[-1] == 2
+    assert builds == [first.directory]
+
+
+def test_a_store_built_before_tail_hashes_still_opens_and_matches(tmp_path: Path) -> None:
+    fasta = write_fasta(tmp_path / "g.fa", {"a": "ACGT" * 10})
+    store = build_store(fasta, tmp_path / "s", progress=False)
+    index_path = store.directory / "index.json"
+    index = json.loads(index_path.read_text())
+    del index["sources"][0]["tail_sha256"]
+    index_path.write_text(json.dumps(index))
+    assert GenomeStore.open(store.directory).matches([fasta])
+
+
+@pytest.mark.parametrize(("umask", "dir_mode", "file_mode"), [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_store_permissions_follow_the_umask(tmp_path: Path, umask: int, dir_mode: int, file_mode: int) -> None:
+    fasta = write_fasta(tmp_path / "g.fa", {"a": "ACGTN" * 20, "b": "ACGT"})
+    previous = os.umask(umask)
+    try:
+        store = build_store(fasta, tmp_path / "s", progress=False)
+        build_store(fasta, tmp_path / "s", progress=False)  # a rebuild replaces the store the same way
+    finally:
+        os.umask(previous)
+    assert store.directory.stat().st_mode & 0o777 == dir_mode
+    files = list(store.directory.iterdir())
+    assert len(files) == 5 and {p.stat().st_mode & 0o777 for p in files} == {file_mode}
+
+
+def _leave_work_dir_like_a_killed_build(out: Path) -> Path:
+    """Run build's first step in a child process that then dies without cleaning up; the directory it left."""
+    before = set(out.parent.iterdir())
+    code = ("import os, sys, pathlib; from dna_mamba.outputs import make_work_dir; "
+            "d = make_work_dir(pathlib.Path(sys.argv[1])); (d / 'index.json').write_text('{}'); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True)
+    (left,) = set(out.parent.iterdir()) - before
+    return left
+
+
+def test_next_build_removes_what_a_killed_build_left(tmp_path: Path) -> None:
+    fasta = write_fasta(tmp_path / "g.fa", {"a": "ACGT" * 10})
+    out = tmp_path / "store"
+    killed = _leave_work_dir_like_a_killed_build(out)
+    assert killed.name.startswith(".store.tmp-")
+    with pytest.raises(StoreError, match="work directory"):
+        GenomeStore.open(killed)  # never taken for a store, even with an index in it
+    other_output = _leave_work_dir_like_a_killed_build(tmp_path / "other")
+    old_legacy = tmp_path / ".store.tmp-k3j9x2ab"  # older dna_mamba's mkdtemp name, untouched for two days
+    old_legacy.mkdir()
+    os.utime(old_legacy, (time.time() - 2 * 86400,) * 2)
+    recent_legacy = tmp_path / ".store.tmp-q8w7e6r5"  # may be an older version's build in progress
+    recent_legacy.mkdir()
+    running = make_work_dir(out)  # this process is alive: its build must survive another's cleanup
+
+    build_store(fasta, out, progress=False)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert killed.name not in left and old_legacy.name not in left
+    assert {other_output.name, recent_legacy.name, running.name, "store", "g.fa"} == left
+
+
+def test_prepare_exits_quietly_when_its_reader_stops(tmp_path: Path) -> None:
+    fasta = write_fasta(tmp_path / "g.fa", {"chr1": "ACGT" * 10, "chr2": "ACGTN"})
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head` gone before the summary is printed
+    try:
+        result = subprocess.run([sys.executable, "-m", "dna_mamba.data.prepare", str(fasta), "--out",
+                                 str(tmp_path / "s")], stdout=write_end, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    assert result.stderr == "" and result.returncode == 0
+    assert GenomeStore.open(tmp_path / "s").names == ["chr1", "chr2"]

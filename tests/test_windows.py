@@ -79,6 +79,9 @@ def test_split_by_contigs_resolves_names_and_validates(genome: GenomeStore) -> N
     assert split.val == [Segment("chr2", 0, 1000)]
     assert split.test == [Segment("chrM", 0, 50)]
     assert split_by_contigs(genome, val="chr2").train == [Segment("chr1", 0, 1000), Segment("chrM", 0, 50)]
+    # YAML and Hydra read a bare 1 as an integer; it names contig 'chr1' / '1' like the string does.
+    assert split_by_contigs(genome, val=[2], test=1).val == [Segment("chr2", 0, 1000)]
+    assert split_by_contigs(genome, val=[2], test=1).test == [Segment("chr1", 0, 1000)]
     with pytest.raises(UnknownContigError, match="unknown contig 'chr9'"):
         split_by_contigs(genome, val=["chr9"])
     with pytest.raises(ValueError, match="'chr2' is in both the val and the test split"):

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from dna_mamba.data.fasta import FastaFormatError
 from dna_mamba.data.store import GenomeStore, StoreError, build_store
+from dna_mamba.outputs import quiet_closed_stdout
 from dna_mamba.tokenizer import InvalidSequenceError
 
 DESCRIPTION = """\
@@ -21,8 +22,9 @@ examples:
   dna-mamba prepare GRCh38.fa.gz --out stores/hg38
   dna-mamba prepare strainA.fa.gz strainB.fa.gz --out stores/strains   (one store, contigs of both files)
 
-If --out already holds a store built from the same files (same paths, sizes and modification times) it is kept
-as is; pass --force to rebuild. A directory that is not a store is never overwritten.
+If --out already holds a store built from the same files (same paths, sizes, modification times and first and
+last MiB) it is kept as is; pass --force to rebuild. A directory that is not a store is never overwritten, and
+what a killed build left beside --out (.NAME.tmp-...) is removed by the next one.
 """
 
 
@@ -40,7 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit status (0 success, 1 bad input, 2 bad arguments)."""
+    """Run the command; returns the exit status (0 success, 1 bad input, 2 bad arguments).
+
+    A reader that stops early (``| head``) ends the listing quietly: the store is built by then.
+    """
+    status = 0
+    with quiet_closed_stdout():
+        status = _run(argv)
+    return status
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         store = _existing_store(args)

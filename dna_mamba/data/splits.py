@@ -78,13 +78,14 @@ def whole_contigs(store: GenomeStore, names: Sequence[str] | None = None) -> lis
     return [Segment(name, 0, store.length(name)) for name in names]
 
 
-def split_by_contigs(store: GenomeStore, val: Sequence[str] = (), test: Sequence[str] = (),
-                     train: Sequence[str] | None = None) -> Split:
+def split_by_contigs(store: GenomeStore, val: Sequence[str | int] | str = (), test: Sequence[str | int] | str = (),
+                     train: Sequence[str | int] | str | None = None) -> Split:
     """Hold out whole contigs.
 
     Args:
         store: the genome.
-        val: contigs for validation; 'chr1' / '1' and 'chrM' / 'MT' spellings are resolved against the store.
+        val: contigs for validation (a list, or one name); 'chr1' / '1' / 1 and 'chrM' / 'MT' spellings are resolved
+            against the store.
         test: contigs for testing.
         train: training contigs; default: every contig not in ``val`` or ``test``.
 
@@ -156,7 +157,8 @@ def split_by_files(train: GenomeStore, val: GenomeStore | None = None, test: Gen
                  whole_contigs(test) if test is not None else [], stores=stores)
 
 
-def _resolve_all(store: GenomeStore, names: Sequence[str]) -> list[str]:
-    if isinstance(names, str):  # a bare string would otherwise be split into characters
+def _resolve_all(store: GenomeStore, names: Sequence[str | int] | str | int) -> list[str]:
+    if isinstance(names, str | int):  # a bare string would otherwise be split into characters
         names = [names]
-    return [resolve_contig(store, name) for name in names]
+    # YAML and Hydra read a bare 1 as an integer: contig 1 is the '1' (or 'chr1') of the store.
+    return [resolve_contig(store, str(name)) for name in names]

@@ -2,14 +2,14 @@
 
 Layout of a store directory::
 
-    index.json          format, version, sources (path, size, mtime_ns, sha256 of the first MiB), contigs
+    index.json          format, version, sources (path, size, mtime_ns, sha256 of the first and last MiB), contigs
     000000.u8           token ids of contig 0 (tokenizer ids, one byte per base, no header)
     000000.nruns.npy    (R, 2) int64 half-open [start, end) runs of N in contig 0, for fast N counts per window
     ...
 
 Contig files are named by position rather than by contig name because FASTA names may hold '/', '|' or spaces.
-A store is built in a temporary sibling directory and renamed into place, so a crash never leaves a partial store
-that looks valid.
+A store is built in a sibling work directory (``.<store>.tmp-<pid>@<host>-<random>``) and renamed into place, so a
+crash never leaves a partial store that looks valid; the next build of that store removes what a killed one left.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,13 +28,14 @@ from tqdm.auto import tqdm
 
 from dna_mamba.data.fasta import DEFAULT_BLOCK_SIZE, FastaFormatError, detect_compression, iter_fasta_chunks
 from dna_mamba.genomics import canonical_contig_name
+from dna_mamba.outputs import apply_umask, is_work_dir, make_work_dir, remove_stale_work_dirs, work_dir_name
 from dna_mamba.tokenizer import N
 
 INDEX_NAME = "index.json"
 STORE_FORMAT = "dna_mamba.genome_store"
 STORE_VERSION = 1  # bump when the layout or the tokenizer ids change: cached stores of another version are rebuilt
 CACHE_ENV = "DNA_MAMBA_CACHE"
-_HEAD_BYTES = 1 << 20  # bytes hashed to fingerprint a source file (cheap, and catches same-size same-mtime swaps)
+_HEAD_BYTES = 1 << 20  # bytes hashed at each end of a source file: cheap, and catches same-size same-mtime swaps
 _PROGRESS_MIN_BYTES = 32 << 20  # smaller inputs build in about a second: a bar would only flicker
 
 PathLike = str | os.PathLike
@@ -62,6 +61,7 @@ class SourceFile:
     mtime_ns: int
     head_sha256: str  # sha256 of the first MiB
     compression: str  # "plain", "gzip" or "bgzip"
+    tail_sha256: str | None = None  # sha256 of the last MiB; None in stores built before it was recorded
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,9 @@ class GenomeStore:
                 sizes disagree with the index (a damaged store).
         """
         directory = Path(directory).expanduser().absolute()
+        if is_work_dir(directory):
+            raise StoreError(f"{directory}: a work directory that a store build left behind, not a store; open the "
+                             f"store itself (the name without the leading '.' and the .tmp-/.old- suffix)")
         index_path = directory / INDEX_NAME
         try:
             index = json.loads(index_path.read_text())
@@ -248,15 +251,21 @@ class GenomeStore:
         return index
 
     def matches(self, paths: Sequence[PathLike]) -> bool:
-        """Whether this store was built from exactly these files, unchanged (path, size and mtime)."""
+        """Whether this store was built from exactly these files, unchanged: same paths, sizes and modification
+        times, and the same first and last MiB (a file replaced by another of the same size and time differs there).
+        """
         if len(paths) != len(self.source):
             return False
         for path, recorded in zip(paths, self.source, strict=True):
             try:
                 stat = os.stat(path)
+                if (_absolute(path), stat.st_size, stat.st_mtime_ns) != (recorded.path, recorded.size,
+                                                                          recorded.mtime_ns):
+                    return False
+                head, tail = _fingerprint(Path(path), stat.st_size)
             except OSError:
                 return False
-            if (_absolute(path), stat.st_size, stat.st_mtime_ns) != (recorded.path, recorded.size, recorded.mtime_ns):
+            if head != recorded.head_sha256 or (recorded.tail_sha256 is not None and tail != recorded.tail_sha256):
                 return False
         return True
 
@@ -325,13 +334,14 @@ def build_store(fasta_paths: PathLike | Sequence[PathLike], out_dir: PathLike, *
     out_dir = Path(out_dir).expanduser().absolute()
     _check_replaceable(out_dir)
     sources = [_describe_source(path) for path in paths]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    remove_stale_work_dirs(out_dir)  # what builds killed part-way left (a crash cannot clean up after itself)
+    tmp = make_work_dir(out_dir)
     try:
         contigs = _write_contigs(paths, tmp, label=out_dir.name, progress=progress, block_size=block_size)
         index = {"format": STORE_FORMAT, "version": STORE_VERSION, "sources": [asdict(s) for s in sources],
                  "contigs": [asdict(c) for c in contigs]}
         (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1))
+        apply_umask(tmp)  # the modes of any new file and folder, whatever the writers chose
         _install(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -361,7 +371,7 @@ def cached_store(fasta_paths: PathLike | Sequence[PathLike], cache_dir: PathLike
     """Open the cached store for these FASTA files, building it first if absent or stale.
 
     A cached store is reused when it was built from the same absolute paths, in the same order, with the same
-    sizes and modification times; touching or replacing a source file triggers a rebuild.
+    sizes, modification times and first and last MiB; touching or replacing a source file triggers a rebuild.
 
     Args:
         fasta_paths: one or more FASTA files.
@@ -395,9 +405,17 @@ def _absolute(path: PathLike) -> str:
 def _describe_source(path: Path) -> SourceFile:
     compression = detect_compression(path)  # also the missing/unreadable file check
     stat = path.stat()
+    head, tail = _fingerprint(path, stat.st_size)
+    return SourceFile(_absolute(path), stat.st_size, stat.st_mtime_ns, head, compression, tail)
+
+
+def _fingerprint(path: Path, size: int) -> tuple[str, str]:
+    """sha256 of the first and of the last MiB of a file (the same bytes twice for a file up to 1 MiB)."""
     with open(path, "rb") as handle:
         head = hashlib.sha256(handle.read(_HEAD_BYTES)).hexdigest()
-    return SourceFile(_absolute(path), stat.st_size, stat.st_mtime_ns, head, compression)
+        handle.seek(max(size - _HEAD_BYTES, 0))
+        tail = hashlib.sha256(handle.read(_HEAD_BYTES)).hexdigest()
+    return head, tail
 
 
 def _runs_file(token_file: str) -> str:
@@ -477,6 +495,9 @@ class _ContigWriter:
 
 
 def _check_replaceable(out_dir: Path) -> None:
+    if is_work_dir(out_dir):
+        raise StoreError(f"{out_dir}: named like the work directory of a store build (.NAME.tmp-... or .NAME.old-...), "
+                         "which later builds delete; choose another store directory")
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
@@ -501,7 +522,7 @@ def _install(tmp: Path, out_dir: Path) -> None:
         if not out_dir.exists():
             raise
     # Replace an existing store: move it aside first (rename cannot replace a non-empty directory).
-    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    old = work_dir_name(out_dir, "old")
     os.rename(out_dir, old)
     try:
         os.rename(tmp, out_dir)

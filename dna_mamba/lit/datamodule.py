@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dna_mamba.data.splits import Split, split_by_contigs, split_by_files, split_by_fraction
-from dna_mamba.data.store import GenomeStore, cached_store
+from dna_mamba.data.store import GenomeStore, UnknownContigError, cached_store, resolve_contig
 from dna_mamba.data.windows import WindowDataset, plan_windows
 
 EMBEDDED_ECOLI = "embedded:ecoli"
@@ -30,9 +30,9 @@ class GenomeDataConfig:
 
     fasta: list[str] = field(default_factory=lambda: [EMBEDDED_ECOLI])  # FASTA files, or "embedded:ecoli"
     split: str = "fraction"  # "fraction" (tail of each contig held out), "contigs", or "files"
-    val_fraction: float = 0.05
+    val_fraction: float = 0.05  # split="fraction"; above 0, since the run validates and keeps its best checkpoint
     test_fraction: float = 0.0
-    val_contigs: list[str] = field(default_factory=list)  # split="contigs"
+    val_contigs: list[str] = field(default_factory=list)  # split="contigs"; one name or a list, 'chr1' / '1' / 1
     test_contigs: list[str] = field(default_factory=list)
     val_fasta: list[str] = field(default_factory=list)  # split="files": separate genomes for validation
     segment_length: int | None = None  # sub-segments that windows tile; None: whole segments
@@ -45,21 +45,42 @@ class GenomeDataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.fasta, str):
-            self.fasta = [self.fasta]
-        self.fasta, self.val_contigs, self.test_contigs, self.val_fasta = (
-            list(self.fasta), list(self.val_contigs), list(self.test_contigs), list(self.val_fasta)
-        )
+        # A single value is one item (data.val_contigs=chr2 is one contig, not four letters); YAML and Hydra read a
+        # bare 1 as an integer, and contig 1 is the store's '1' or 'chr1'.
+        self.fasta, self.val_fasta = _as_list(self.fasta), _as_list(self.val_fasta)
+        self.val_contigs = [str(name) for name in _as_list(self.val_contigs)]
+        self.test_contigs = [str(name) for name in _as_list(self.test_contigs)]
         if not self.fasta:
             raise ValueError("data.fasta needs at least one FASTA file")
         if self.split not in ("fraction", "contigs", "files"):
             raise ValueError(f"data.split must be 'fraction', 'contigs' or 'files', got {self.split!r}")
+        # Settings of another split method would be ignored without a word: refuse them instead.
+        for setting, method in (("val_contigs", "contigs"), ("test_contigs", "contigs"), ("val_fasta", "files")):
+            if getattr(self, setting) and self.split != method:
+                raise ValueError(f"data.{setting} is used only with data.split={method}, and data.split is "
+                                 f"{self.split}; add data.split={method} (or drop data.{setting})")
         if self.split == "files" and not self.val_fasta:
-            raise ValueError("data.split='files' needs data.val_fasta")
+            raise ValueError("data.split=files needs data.val_fasta, e.g. 'data.val_fasta=[heldout.fa.gz]'")
         if self.split == "contigs" and not self.val_contigs:
-            raise ValueError("data.split='contigs' needs data.val_contigs")
+            raise ValueError("data.split=contigs needs data.val_contigs, e.g. 'data.val_contigs=[chr20]'")
+        if self.split == "fraction":
+            self._check_fractions()
         if not 0 <= self.rc_prob <= 1:
             raise ValueError(f"data.rc_prob must be in [0, 1], got {self.rc_prob}")
+
+    def _check_fractions(self) -> None:
+        for setting in ("val_fraction", "test_fraction"):
+            value = getattr(self, setting)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"data.{setting} must be a number, got {value!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be above 0 and below 1 (the tail of each contig held out for "
+                             f"validation, e.g. 0.05), got {self.val_fraction}")
+        if not 0 <= self.test_fraction < 1:
+            raise ValueError(f"data.test_fraction must be in [0, 1), got {self.test_fraction}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"data.val_fraction + data.test_fraction must be below 1 (the rest is for training), got "
+                             f"{self.val_fraction} + {self.test_fraction}")
 
     def identity(self) -> dict:
         """What makes two runs train and validate on the same sequence: the genome files (absolute paths, so that a
@@ -73,6 +94,14 @@ class GenomeDataConfig:
 
     def resolved_fasta(self, paths: list[str]) -> list[Path]:
         return [embedded_genome_path() if p == EMBEDDED_ECOLI else Path(p).expanduser() for p in paths]
+
+
+def _as_list(value: object) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str | int | float | Path):
+        return [value]
+    return list(value)
 
 
 class GenomeDataModule(L.LightningDataModule):
@@ -118,10 +147,14 @@ class GenomeDataModule(L.LightningDataModule):
         if cfg.split == "fraction":
             split = split_by_fraction(store, cfg.val_fraction, cfg.test_fraction)
         elif cfg.split == "contigs":
-            split = split_by_contigs(store, val=cfg.val_contigs, test=cfg.test_contigs)
+            split = split_by_contigs(store, val=_resolve_setting(store, "val_contigs", cfg.val_contigs),
+                                     test=_resolve_setting(store, "test_contigs", cfg.test_contigs))
         else:
             split = split_by_files(store, val=self._store(cfg.resolved_fasta(cfg.val_fasta)))
         self.split: Split = split
+        if cfg.split == "fraction" and not split.val:  # every held-out tail rounds to no base (contigs of a few bp)
+            raise ValueError(f"data.val_fraction={cfg.val_fraction} holds out no base of any contig (the longest is "
+                             f"{max(store.contigs.values()):,} bp); raise data.val_fraction")
         for name in ("train", "val", "test"):
             segments = split[name]
             if not segments:
@@ -178,3 +211,12 @@ class GenomeDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test" if "test" in self.datasets else "val", shuffle=False)
+
+
+def _resolve_setting(store: GenomeStore, setting: str, names: list[str]) -> list[str]:
+    """The store's spelling of each contig a setting names ('chr1' for '1', 'MT' for 'chrM'), or one line that names
+    the setting and the contigs the store has."""
+    try:
+        return [resolve_contig(store, name) for name in names]
+    except UnknownContigError as err:
+        raise UnknownContigError(f"data.{setting}: {err}") from None

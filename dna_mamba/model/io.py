@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
 from dna_mamba.model.config import DnaMambaConfig
+from dna_mamba.outputs import apply_umask, make_work_dir, remove_stale_work_dirs, work_dir_name
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -31,8 +31,8 @@ def save_pretrained(model, directory: str | Path, extra_metadata: dict | None = 
     """
     directory = Path(directory)
     _check_replaceable(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    remove_stale_work_dirs(directory)  # what a save killed part-way left
+    tmp = make_work_dir(directory)
     try:
         config = {"format_version": FORMAT_VERSION, "model_type": MODEL_TYPE, **model.config.to_dict()}
         if extra_metadata:
@@ -40,8 +40,9 @@ def save_pretrained(model, directory: str | Path, extra_metadata: dict | None = 
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         # save_model (not save_file) handles the tied embedding / LM head without duplicating it.
         save_model(model, str(tmp / WEIGHTS_NAME))
+        apply_umask(tmp)  # safetensors writes owner-only files; a saved model is shared like any other file
         if directory.exists():
-            backup = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            backup = work_dir_name(directory, "old")
             os.replace(directory, backup)
             os.replace(tmp, directory)
             shutil.rmtree(backup, ignore_errors=True)

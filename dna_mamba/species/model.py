@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dna_mamba.model import DnaMambaLM, load_pretrained, save_pretrained
+from dna_mamba.outputs import apply_umask, make_work_dir
 from dna_mamba.tokenizer import reverse_complement
 
 POOLINGS = ("last", "mean")
@@ -128,14 +128,14 @@ def save_classifier(model: DnaMambaLM, head: SpeciesHead, classes: list[str], co
     """
     directory = Path(directory)
     _check_replaceable(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    tmp = make_work_dir(directory)
     try:
         save_pretrained(model, tmp / "model")
         save_file({k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()},
                   str(tmp / HEAD_WEIGHTS))
         config = {"classes": list(classes), "pooling": head.pooling, "context": context, "metadata": metadata or {}}
         (tmp / CLASSIFIER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        apply_umask(tmp)  # safetensors writes owner-only files; a saved classifier is shared like any other file
         if directory.exists():
             backup = directory.with_name(f".{directory.name}.old-{os.getpid()}")
             os.replace(directory, backup)
