@@ -144,7 +144,13 @@ def _chmod(path: str, mode: int) -> None:
 
 def is_work_dir(path: PathLike) -> bool:
     """Whether ``path`` is named like a work directory of some output (an unfinished build or a replaced output)."""
-    return _WORK_NAME.fullmatch(Path(path).name) is not None
+    return work_dir_target(path) is not None
+
+
+def work_dir_target(path: PathLike) -> Path | None:
+    """The output that a work directory named like ``path`` builds or replaced; None when it is not so named."""
+    match = _WORK_NAME.fullmatch(Path(path).name)
+    return None if match is None else Path(path).with_name(match["target"])
 
 
 _WORK_NAME = re.compile(r"\.(?P<target>.+)\.(?:tmp|old)-(?:(?P<pid>\d+)@(?P<host>[^/]+)-)?[0-9A-Za-z_]+")

@@ -482,6 +482,25 @@ def test_prepare_reuses_stores_and_refuses_foreign_directories(tmp_path: Path, g
         prepare_species(path, tmp_path / "foreign", progress=False)
 
 
+def test_prepare_keeps_a_running_store_build_and_removes_a_killed_ones(tmp_path: Path, genomes: Path) -> None:
+    import subprocess
+    import sys
+
+    from dna_mamba.outputs import make_work_dir
+
+    path = manifest(tmp_path, four_genomes(genomes))
+    stores = prepare_species(path, tmp_path / "out", progress=False).directory / "stores"
+    running = make_work_dir(stores / "gone")  # a live build (this process) of a store no longer in the manifest
+    (running / "index.json").write_text("{}")
+    code = ("import os, sys, pathlib; from dna_mamba.outputs import make_work_dir; "
+            "d = make_work_dir(pathlib.Path(sys.argv[1])); (d / 'index.json').write_text('{}'); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code, str(stores / "gone")], check=True)
+    killed = [p for p in stores.iterdir() if p.name.startswith(".gone.tmp-") and p != running]
+    assert len(killed) == 1
+    prepare_species(path, tmp_path / "out", progress=False)
+    assert running.is_dir() and not killed[0].exists()
+
+
 def test_kmer_counts_match_the_reference_and_are_strand_symmetric() -> None:
     seq = "ACGTNACGGTTAC" + random_genome(200, 0.5, 7)
     ids = encode(seq)

@@ -45,6 +45,7 @@ from dna_mamba.data.splits import Segment, add_tail_split
 from dna_mamba.data.store import INDEX_NAME as STORE_INDEX_NAME
 from dna_mamba.data.store import GenomeStore, StoreError, build_store
 from dna_mamba.data.windows import plan_windows
+from dna_mamba.outputs import remove_stale_work_dirs, work_dir_target
 from dna_mamba.species.manifest import PARTS, GenomeEntry, Manifest, ManifestError, read_manifest
 from dna_mamba.tokenizer import reverse_complement
 
@@ -702,11 +703,18 @@ def _is_dataset_dir(directory: Path) -> bool:
 
 
 def _remove_stale_stores(stores_dir: Path, keep: set[str]) -> None:
-    """Drop stores of genomes no longer in the manifest, so a dataset directory does not grow without bound."""
+    """Drop stores of genomes no longer in the manifest, so a dataset directory does not grow without bound.
+
+    Work folders of store builds (``.NAME.tmp-...``) are not stores: one may be another process's build about to be
+    renamed into place, so only :func:`remove_stale_work_dirs` (whose owner is gone) removes them.
+    """
     if not stores_dir.is_dir():
         return
     for child in stores_dir.iterdir():
-        if child.is_dir() and child.name not in keep and (child / "index.json").is_file():
+        target = work_dir_target(child)
+        if target is not None:
+            remove_stale_work_dirs(target)
+        elif child.is_dir() and child.name not in keep and (child / "index.json").is_file():
             shutil.rmtree(child, ignore_errors=True)
 
 
