@@ -14,17 +14,39 @@ USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsErr
 TRAINING_MEMORY_ADVICE = ("trainer.segment_len=65536 (segment checkpointing), trainer.activation_checkpointing=true, "
                           "trainer.piece_tokens=65536, a smaller trainer.micro_batch_tokens, or a shorter context")
 
+# Exit statuses of a run stopped by a signal, as shells report them (128 + the signal's number).
+EXIT_CTRL_C = 130  # SIGINT
+EXIT_SIGTERM = 143  # SIGTERM: a scheduler's stop or preemption
+
+
+class RunStopped(Exception):
+    """A training run stopped before its plan (a diverged loss, Ctrl-C, SIGTERM) after keeping what could be kept.
+
+    The message says what last.ckpt holds and how to go on; ``exit_code`` is the process's exit status (1, or
+    :data:`EXIT_CTRL_C` / :data:`EXIT_SIGTERM` for a run stopped by a signal).
+    """
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
 
 @contextlib.contextmanager
 def report_user_errors(debug: bool = False, memory_advice: str | None = TRAINING_MEMORY_ADVICE):
     """Turn user errors into ``error: <message>`` on stderr and exit status 1, unless debugging.
 
     Running out of host or GPU memory is reported the same way, followed by ``memory_advice``: the settings of the
-    command at hand that need less memory (None: the message alone).
+    command at hand that need less memory (None: the message alone). A :class:`RunStopped` is its one line and its
+    exit status (a run stopped by a signal has no traceback to show, even when debugging).
     """
     debug = debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
         yield
+    except RunStopped as err:
+        if debug and err.exit_code == 1:
+            raise
+        print(f"error: {err}" if err.exit_code == 1 else str(err), file=sys.stderr)  # "stopped by Ctrl-C ..."
+        sys.exit(err.exit_code)
     except USER_ERRORS as err:
         if debug:
             raise

@@ -23,9 +23,11 @@ CONFIG_PATH = "pkg://dna_mamba.conf"
 
 
 def backbone_label(model_name: str, init_from: str | None) -> str:
-    """The backbone part of a default run name: the model group, or, when the run starts from a saved model (whose
-    sizes replace the group's), ``from_`` and the run that saved it (``runs/x/model`` and
-    ``runs/x/checkpoints/last.ckpt`` are both run ``x``)."""
+    """The backbone part of a default run name: the model group, or, when the run starts from a saved model,
+    ``from_`` and the run that saved it (``runs/x/model`` and ``runs/x/checkpoints/last.ckpt`` are both run ``x``).
+
+    The saved model fixes the sizes: a species run takes them from it, and pretraining refuses a model group of other
+    sizes, naming the group that matches (``model=...``)."""
     if not init_from:
         return model_name
     path = Path(init_from)

@@ -78,12 +78,15 @@ def test_time_limit_stop_is_reported_checkpointed_and_resumable(tmp_path, store_
 
 def test_time_limit_spent_before_the_first_step_says_nothing_was_saved(tmp_path, store_cache, capsys):
     # A limit of zero stops the run after its first micro-batch, halfway through step 1 (two micro-batches a step).
-    base = [*TINY, f"out_dir={tmp_path}", f"data.cache_dir={store_cache}", "task.export=false"]
+    base = [*TINY, f"out_dir={tmp_path}", f"data.cache_dir={store_cache}"]
     summary = run([*base, "trainer.max_steps=5", "trainer.max_time=00:00:00:00"])
     assert summary["global_step"] == 0
     assert "before its first optimizer step, so nothing was trained or checkpointed" in summary["stopped_early"]
     assert "resume=auto" not in summary["stopped_early"]  # there is nothing to resume
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+    # An untrained model is not exported as if it were the run's (it was, with the summary's usual line).
+    assert not (tmp_path / "model").exists() and "model_dir" not in summary
+    assert re.search(r"exported model +none \(no optimizer step was done\)", capsys.readouterr().out)
     # Starting again into the same folder is a new run, not a refused overwrite.
     assert run([*base, "trainer.max_steps=2"])["global_step"] == 2
 
@@ -194,10 +197,16 @@ def test_init_from_a_bad_source_is_one_clear_error(tmp_path, store_cache):
     truncated.write_bytes(b"PK\x03\x04 not the rest of a checkpoint")
     with pytest.raises(ValueError, match="truncated.ckpt: not a readable PyTorch checkpoint"):
         run([*base, f"out_dir={tmp_path / 'a'}", f"init_from={truncated}"])
-    # A saved model of another size: the mismatch is named, not a load_state_dict traceback.
+    # A saved model of another size: the sizes apart and the model group that has the saved ones are named, before
+    # the run writes anything (it was a load_state_dict traceback of shapes, after the run folder was made).
     run([*base, f"out_dir={tmp_path / 'small'}", "model=small"])
-    with pytest.raises(ValueError, match=r"small/model.*weights do not match the model config; wrong shape"):
+    with pytest.raises(ValueError) as refused:
         run([*base, f"out_dir={tmp_path / 'b'}", f"init_from={tmp_path / 'small' / 'model'}"])
+    assert str(refused.value) == (
+        f"init_from={tmp_path / 'small' / 'model'} holds a model with model.d_model=64, model.n_layer=4, "
+        "model.d_state=16, and this run's model has model.d_model=16, model.n_layer=2, model.d_state=4: add "
+        "model=small to start from it")
+    assert not (tmp_path / "b").exists()
 
 
 class _Draws(Dataset):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import FSDPStrategy
 
+from dna_mamba.errors import RunStopped
 from dna_mamba.model import DnaMambaConfig, DnaMambaLM
 from dna_mamba.model.segments import segmented_lm_loss
 from dna_mamba.tokenizer import N
@@ -57,8 +58,8 @@ def lm_nll_sum(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor
     return nll, (targets != -100).sum()
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced too many non-finite losses in a row."""
+class NonFiniteLossError(RunStopped):
+    """Training produced too many non-finite losses in a row (``optim.max_bad_steps``): the run diverged."""
 
 
 def warmup_seq_len(step: int, max_steps: int, seq_len: int, warmup_fraction: float, min_len: int = 1024) -> int:
@@ -143,20 +144,33 @@ class PretrainModule(L.LightningModule):
             nll, count = lm_nll_sum(self.model(batch).logits, batch)
         loss = nll / count.clamp(min=1)
         if not torch.isfinite(loss):
-            # Returning None makes Lightning skip this optimizer step; the last good checkpoint stays on disk.
+            # Returning None makes Lightning skip this optimizer step (the weights stay as they are, though the step
+            # count and schedule move on); checkpoints wait for a finite loss (see LastCheckpoint).
             self._bad_steps += 1
             self.log("train/skipped_steps", float(self._bad_steps))
             print(f"warning: non-finite loss at step {self.global_step}; step skipped ({self._bad_steps} in a row)")
             if self._bad_steps >= self.optim.max_bad_steps:
-                raise NonFiniteLossError(
-                    f"{self._bad_steps} non-finite losses in a row at step {self.global_step}: stopping. "
-                    "Lower optim.lr or check the data; the last checkpoint is intact."
-                )
+                # The runner adds what last.ckpt holds and how to go on from it.
+                raise NonFiniteLossError(f"{self._bad_steps} non-finite losses in a row at step {self.global_step} "
+                                         f"(optim.max_bad_steps={self.optim.max_bad_steps})")
             return None
         self._bad_steps = 0
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/bits_per_base", loss / LN2)
         return loss
+
+    @property
+    def bad_steps(self) -> int:
+        """Non-finite losses in a row up to now (0 after a finite one)."""
+        return self._bad_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A resume restores the optimizer and scheduler as saved, with the optim.lr, weight_decay and betas of the run's
+        # first launch: a relaunch that changes them (a lower rate after a diverged run) would be silently ignored.
+        # This launch's settings win; the schedule goes on at the same point of its warm-up and cosine.
+        changed = apply_optim_settings(checkpoint, self.optim, self.model.param_groups(self.optim.weight_decay))
+        if changed:
+            print(f"note: resuming with {', '.join(changed)}")
 
     def on_validation_epoch_start(self) -> None:
         self._val_nll, self._val_count = 0.0, 0
@@ -190,6 +204,33 @@ def clip_gradients(module: L.LightningModule, optimizer, gradient_clip_val, grad
         strategy.model.clip_grad_norm_(gradient_clip_val)
         return
     module.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+
+def apply_optim_settings(checkpoint: dict, optim: OptimConfig, param_groups: list[dict]) -> list[str]:
+    """Give the optimizer and scheduler states of a checkpoint made by :func:`adamw_cosine` the learning rate, weight
+    decay and betas of ``optim`` (``param_groups``: the model's groups, as ``configure_optimizers`` makes them).
+
+    The rate is rescaled, not reset: each group's current rate and the scheduler's base rates change by the ratio of
+    the new ``optim.lr`` to the saved one. Returns the settings that changed, as ``optim.lr=0.002 (was 0.008)``;
+    a checkpoint that recorded no optim settings, or a single one of its own, is left alone.
+    """
+    saved = (checkpoint.get("hyper_parameters") or {}).get("optim") or {}
+    optimizer_states, schedulers = checkpoint.get("optimizer_states") or [], checkpoint.get("lr_schedulers") or []
+    new = vars(optim)
+    changed = [key for key in ("lr", "weight_decay", "beta1", "beta2") if key in saved and saved[key] != new[key]]
+    groups = [g for g in param_groups if g["params"]]
+    if not changed or len(optimizer_states) != 1 or len(optimizer_states[0]["param_groups"]) != len(groups):
+        return []
+    ratio = optim.lr / saved.get("lr", optim.lr)
+    for state, fresh in zip(optimizer_states[0]["param_groups"], groups, strict=True):
+        state["lr"] *= ratio
+        state["initial_lr"] = optim.lr
+        state["weight_decay"] = fresh["weight_decay"]
+        state["betas"] = (optim.beta1, optim.beta2)
+    for scheduler in schedulers:
+        scheduler["base_lrs"] = [optim.lr] * len(scheduler.get("base_lrs", groups))
+        scheduler["_last_lr"] = [lr * ratio for lr in scheduler.get("_last_lr", [])]
+    return [f"optim.{key}={new[key]} (was {saved[key]})" for key in changed]
 
 
 def adamw_cosine(param_groups: list[dict], opt: OptimConfig, trainer: L.Trainer, device: torch.device) -> dict:

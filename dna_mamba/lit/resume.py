@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import math
 import os
-import pickle
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
+import lightning as L
 import torch
+import yaml
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -23,11 +27,24 @@ class ResumePoint:
     # The data identity it trained on (GenomeDataConfig.identity(), or a species run's SpeciesDataset.identity()
     # and context); None for checkpoints that recorded none
     data: dict | None
+    model: dict | None = None  # the model's DnaMambaConfig.to_dict() (its hyperparameters' model_config)
+    run: dict | None = None  # what RunRecord kept (context, genome fingerprint); None for older checkpoints
+
+
+# Where RunRecord keeps, in every checkpoint, what a resume of a pretraining run must find unchanged.
+RUN_RECORD_KEY = "dna_mamba_run"
+_FINGERPRINT_BYTES = 1 << 20  # hashed at each end of a genome file, as the token store does for its sources
 
 
 def find_resume_point(resume: str | None, out_dir: Path) -> ResumePoint | None:
     """The checkpoint named by ``resume``: a path, ``"auto"`` (``out_dir/checkpoints/last.ckpt`` if there is one),
-    or nothing (``None``, ``""``, ``"none"``, ``"null"``)."""
+    or nothing (``None``, ``""``, ``"none"``, ``"null"``).
+
+    Raises:
+        FileNotFoundError: ``resume`` names a file that does not exist.
+        ValueError: the checkpoint cannot be read (a save cut short by a full disk, a damaged copy); the message says
+            which other checkpoint to resume from, or to move it away.
+    """
     if resume in (None, "", "none", "null"):
         return None
     if resume == "auto":
@@ -40,10 +57,22 @@ def find_resume_point(resume: str | None, out_dir: Path) -> ResumePoint | None:
             raise FileNotFoundError(f"{resume}: checkpoint to resume from not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoints: plain-dict hparams
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+        if not isinstance(ckpt, dict):
+            raise TypeError(f"holds a {type(ckpt).__name__}, not a checkpoint dict")
+    except Exception as err:  # torch.load fails with many types (pickle, zip, EOF, OS errors) for one cause
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or damaged: {type(err).__name__}); "
+                         f"{_other_checkpoints_advice(path)}") from None
     data = (ckpt.get("datamodule_hyper_parameters") or {}).get("data")
-    return ResumePoint(str(path), int(ckpt.get("global_step", 0)), data)
+    model = (ckpt.get("hyper_parameters") or {}).get("model_config")
+    return ResumePoint(str(path), int(ckpt.get("global_step", 0)), data, model, ckpt.get(RUN_RECORD_KEY))
+
+
+def _other_checkpoints_advice(path: Path) -> str:
+    others = sorted((p for p in path.parent.glob("*.ckpt") if p.name != path.name), key=lambda p: p.stat().st_mtime)
+    start_over = "or move it away (resume=auto then starts the run over)"
+    if others:
+        return f"resume from another checkpoint with resume={others[-1]}, {start_over}"
+    return f"resume from another checkpoint with resume=PATH, {start_over}"
 
 
 def refuse_to_overwrite(out_dir: Path) -> None:
@@ -80,6 +109,123 @@ def check_same_data(point: ResumePoint, data: dict) -> None:
                         for key in sorted(data.keys() | point.data.keys()) if point.data.get(key) != data.get(key))
     raise ValueError(f"{point.path} belongs to a run on other data ({changed}): give this run its own name= (or "
                      f"out_dir=), or start from those weights with init_from={point.path} instead of resume")
+
+
+def check_same_model(point: ResumePoint, model: dict) -> None:
+    """Refuse to resume a checkpoint of another model (``model``: this launch's ``DnaMambaConfig.to_dict()``): its
+    weights would not fit, or would run under other settings than they trained with.
+
+    Checkpoints that recorded no model config are not checked.
+    """
+    if point.model is None or point.model == model:
+        return
+    keys = model_settings_apart(point.model, model)
+    group = config_group_choice("model", point.model)
+    relaunch = f"model={group}" if group else model_overrides(point.model, keys, " ")
+    raise ValueError(f"{point.path}: the run's model has {model_overrides(point.model, keys)}, and this launch asks "
+                     f"for {model_overrides(model, keys)}; a resume continues the run's model, so launch it with "
+                     f"{relaunch}, or give a model of another size its own run (name=...)")
+
+
+def model_settings_apart(a: dict, b: dict, keys: tuple[str, ...] | None = None) -> list[str]:
+    """The settings (of ``keys``, default all) in which two model configs (``DnaMambaConfig.to_dict()``) differ. A
+    ``dt_rank`` that follows from ``d_model`` on both sides (its default) is left out: setting ``d_model`` gives it."""
+    keys = keys or tuple(dict.fromkeys([*a, *b]))  # in the config's own order
+    apart = [key for key in keys if a.get(key) != b.get(key)]
+    if "dt_rank" in apart and all(c.get("dt_rank") == math.ceil(c.get("d_model", 0) / 16) for c in (a, b)):
+        apart.remove("dt_rank")
+    return apart
+
+
+def model_overrides(config: dict, keys: list[str], sep: str = ", ") -> str:
+    """``model.d_model=64, model.n_layer=4``: settings of a model config as a user types them."""
+    return sep.join(f"model.{key}={config.get(key)}" for key in keys)
+
+
+def check_same_context(point: ResumePoint, seq_len: int) -> None:
+    """Refuse to resume at another context than the run trains at.
+
+    Mamba runs at any length, but a resume also restores the position in the epoch and the schedule, which are
+    counted in windows of the run's context: a longer context is a new run that starts from these weights.
+    Checkpoints that recorded no context are not checked.
+    """
+    saved = (point.run or {}).get("seq_len")
+    if saved is None or saved == seq_len:
+        return
+    group = config_group_choice("context", {"seq_len": saved})
+    keep = f"context={group}" if group else f"context.seq_len={saved}"
+    raise ValueError(f"{point.path}: the run trains at context {saved:,} (context.seq_len={saved}), and this launch "
+                     f"asks for {seq_len:,}; a resume keeps the run's context ({keep}): to train at the new context, "
+                     f"start a new run from these weights with init_from={point.path} and its own name=")
+
+
+def genome_fingerprint(paths: list[Path]) -> list[dict]:
+    """What tells a genome file's content at little cost, as the token store records it for its sources: the size and
+    the sha256 of the first and of the last MiB (a file replaced by another of the same name and size differs there).
+
+    Raises:
+        FileNotFoundError: a file is missing.
+    """
+    fingerprint = []
+    for path in paths:
+        try:
+            size = path.stat().st_size
+            with open(path, "rb") as handle:
+                head = hashlib.sha256(handle.read(_FINGERPRINT_BYTES)).hexdigest()
+                handle.seek(max(size - _FINGERPRINT_BYTES, 0))
+                tail = hashlib.sha256(handle.read(_FINGERPRINT_BYTES)).hexdigest()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: genome file not found") from None
+        fingerprint.append({"file": str(path), "size": size, "head_sha256": head, "tail_sha256": tail})
+    return fingerprint
+
+
+def check_same_genome(point: ResumePoint, fingerprint: list[dict]) -> None:
+    """Refuse to resume when a genome file at the run's path now holds other sequence (``fingerprint``: this
+    launch's :func:`genome_fingerprint`). Checkpoints that recorded no fingerprint are not checked."""
+    saved = (point.run or {}).get("genome")
+    if saved is None:
+        return
+    content = [{k: v for k, v in entry.items() if k != "file"} for entry in saved]
+    for then, now in zip(content, fingerprint, strict=False):
+        if then != {k: v for k, v in now.items() if k != "file"}:
+            change = (f"{then['size']:,} bytes then, {now['size']:,} now" if then["size"] != now["size"]
+                      else "the same size, other content")
+            raise ValueError(f"{point.path}: the genome file {now['file']} changed since the run trained on it "
+                             f"({change}); a resume must read the sequence the run started with: give this run its "
+                             f"own name= (or out_dir=), or start from those weights with init_from={point.path}")
+
+
+class RunRecord(L.Callback):
+    """Keeps, in every checkpoint, what a resume must find unchanged beyond the data settings (which the datamodule
+    records): the context and a fingerprint of the genome files (:func:`genome_fingerprint`), taken when training
+    starts, after the data is prepared."""
+
+    def __init__(self, seq_len: int, genome_files: list[Path]):
+        self.seq_len = seq_len
+        self.genome_files = genome_files
+        self._record: dict | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record = {"seq_len": self.seq_len, "genome": genome_fingerprint(self.genome_files)}
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if self._record is not None:
+            checkpoint[RUN_RECORD_KEY] = self._record
+
+
+def config_group_choice(group: str, values: dict) -> str | None:
+    """The shipped config of a Hydra group (``conf/<group>/*.yaml``) whose settings ``values`` all has, e.g.
+    ``"small"`` for a model of its sizes, so messages can say ``model=small``; None when none matches."""
+    folder = resources.files("dna_mamba.conf") / group
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        preset = yaml.safe_load(entry.read_text()) or {}
+        name = preset.pop("name", entry.name.removesuffix(".yaml"))
+        if preset and all(values.get(key) == value for key, value in preset.items()):
+            return str(name)
+    return None
 
 
 class _ContinuedWriter(ExperimentWriter):

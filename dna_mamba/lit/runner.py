@@ -16,18 +16,33 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import LearningRateMonitor, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 
+from dna_mamba.errors import EXIT_CTRL_C, EXIT_SIGTERM, RunStopped
 from dna_mamba.export import export_checkpoint, load_model_source
-from dna_mamba.lit.callbacks import EpochSeeder, LastCheckpoint, ThroughputMonitor
+from dna_mamba.lit.callbacks import BestCheckpoint, EpochSeeder, LastCheckpoint, ThroughputMonitor, stop_on_ctrl_c
 from dna_mamba.lit.checkpoint_io import AtomicCheckpointIO
 from dna_mamba.lit.datamodule import GenomeDataConfig, GenomeDataModule
 from dna_mamba.lit.plots import plot_training_curves
-from dna_mamba.lit.pretrain import OptimConfig, PretrainModule
-from dna_mamba.lit.resume import RunCSVLogger, check_same_data, find_resume_point, record_settings, refuse_to_overwrite
-from dna_mamba.model import DnaMambaConfig, fused_block, save_pretrained
+from dna_mamba.lit.pretrain import NonFiniteLossError, OptimConfig, PretrainModule
+from dna_mamba.lit.resume import (
+    RunCSVLogger,
+    RunRecord,
+    check_same_context,
+    check_same_data,
+    check_same_genome,
+    check_same_model,
+    config_group_choice,
+    find_resume_point,
+    genome_fingerprint,
+    model_overrides,
+    model_settings_apart,
+    record_settings,
+    refuse_to_overwrite,
+)
+from dna_mamba.model import DnaMambaConfig, DnaMambaLM, fused_block, save_pretrained
 from dna_mamba.model.io import load_weights
 
 
@@ -99,6 +114,14 @@ def require_accelerator(config: TrainerConfig) -> None:
                          "needs a CUDA GPU, and PyTorch sees none; on this machine add trainer=cpu")
 
 
+def require_steps(config: TrainerConfig) -> None:
+    """Refuse a pretraining run planned to train nothing, which would evaluate and export an untrained model."""
+    if not config.fast_dev_run and (config.max_steps == 0 or config.max_steps < -1):
+        raise ValueError(f"trainer.max_steps={config.max_steps} trains nothing (and would export an untrained model): "
+                         "set trainer.max_steps to the optimizer steps to train, e.g. trainer.max_steps=1000, or use "
+                         "trainer.fast_dev_run=true for a one-step check")
+
+
 def run_loggers(out_dir: Path, resume_step: int | None = None) -> list:
     """CSV metrics (what the plots read; a resumed run keeps its earlier rows) and TensorBoard, when it is installed,
     under out_dir."""
@@ -111,10 +134,12 @@ def run_loggers(out_dir: Path, resume_step: int | None = None) -> list:
 
 
 class _LightningNoise(logging.Filter):
-    """Drops Lightning's advertisement for its cloud logger, which newer releases print at every Trainer start."""
+    """Drops Lightning's advertisement for its cloud logger, which newer releases print at every Trainer start, and its
+    line on Ctrl-C (the run says itself what it saved)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip: For seamless" not in record.getMessage()
+        message = record.getMessage()
+        return "Tip: For seamless" not in message and "Detected KeyboardInterrupt" not in message
 
 
 def quiet_lightning() -> None:
@@ -124,6 +149,8 @@ def quiet_lightning() -> None:
         rank_zero.addFilter(_LightningNoise())
     # Lightning 2.6's own use of a torch API that torch 2.10+ deprecates: nothing a user can change.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # A resume in the middle of an epoch: LastCheckpoint says what that means for the data instead.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def build_trainer(config: TrainerConfig, out_dir: Path, accumulate_grad_batches: int, callbacks: list,
@@ -184,9 +211,31 @@ def early_stop_note(trainer: L.Trainer, planned_steps: int, max_time: str | None
     return "the run stopped before the planned steps"
 
 
-def load_initial_weights(module: PretrainModule, init_from: str) -> None:
-    """Copy weights from a saved model directory or a Lightning checkpoint into ``module.model``."""
-    load_weights(module.model, load_model_source(init_from).state_dict(), init_from)
+# The settings that shape a model's weights: a saved model starts a run only of the same.
+SIZE_SETTINGS = ("d_model", "n_layer", "d_state", "d_conv", "expand", "dt_rank", "vocab_size", "conv_bias", "proj_bias")
+
+
+def check_initial_sizes(saved: DnaMambaConfig, configured: DnaMambaConfig, init_from: str) -> None:
+    """Refuse, in one line that names the ``model.*`` settings apart and the fix, to start a model from a saved one of
+    another size (``load_state_dict`` would stop with a traceback of shapes)."""
+    saved_dict, configured_dict = saved.to_dict(), configured.to_dict()
+    keys = model_settings_apart(saved_dict, configured_dict, SIZE_SETTINGS)
+    if not keys:
+        return
+    group = config_group_choice("model", saved_dict)
+    fix = f"add model={group}" if group else f"set {model_overrides(saved_dict, keys, ' ')}"
+    raise ValueError(f"init_from={init_from} holds a model with {model_overrides(saved_dict, keys)}, and this run's "
+                     f"model has {model_overrides(configured_dict, keys)}: {fix} to start from it")
+
+
+def load_initial_weights(module: L.LightningModule, init_from: str, source: DnaMambaLM | None = None) -> None:
+    """Copy weights from a saved model directory or a Lightning checkpoint into ``module.model``.
+
+    ``source``: the model already loaded from ``init_from`` (:func:`load_model_source`), if it was.
+    """
+    source = source or load_model_source(init_from)
+    check_initial_sizes(source.config, module.model.config, init_from)
+    load_weights(module.model, source.state_dict(), init_from)
 
 
 def markov_baseline_bits(datamodule: GenomeDataModule) -> dict:
@@ -217,14 +266,29 @@ def run_pretraining(
     """Pretrain, evaluate, compare with the Markov baseline, plot, and export. Returns the summary dict.
 
     ``settings``: text recorded as ``out_dir/config.yaml`` once the run is accepted (the entry point's config).
+
+    Raises:
+        ValueError: a launch refused before it writes anything: no steps planned, a resume of another model, context
+            or data (settings or genome content), an unreadable checkpoint, an ``init_from`` model of other sizes.
+        RunStopped: the run diverged (``NonFiniteLossError``) or was stopped by Ctrl-C or SIGTERM; last.ckpt holds
+            the last good state, and the message says which step and how to go on.
     """
     require_accelerator(trainer_config)
+    require_steps(trainer_config)
     out_dir = Path(trainer_config.out_dir)
+    genome_files = data_config.resolved_fasta([*data_config.fasta, *data_config.val_fasta])
+    # Everything a launch could be refused for is checked before it writes anything.
     resume_point = find_resume_point(resume, out_dir)
     if resume_point is None:
         refuse_to_overwrite(out_dir)
     else:
+        check_same_model(resume_point, model_config.to_dict())
         check_same_data(resume_point, data_config.identity())
+        check_same_context(resume_point, plan.seq_len)
+        check_same_genome(resume_point, genome_fingerprint(genome_files))
+    initial = load_model_source(init_from) if init_from else None
+    if initial is not None:
+        check_initial_sizes(initial.config, model_config, init_from)
     out_dir.mkdir(parents=True, exist_ok=True)
     record_settings(out_dir, settings)
     L.seed_everything(seed, workers=True, verbose=False)
@@ -236,12 +300,13 @@ def run_pretraining(
                             activation_checkpointing=trainer_config.activation_checkpointing,
                             seq_warmup_fraction=trainer_config.seq_warmup_fraction)
     fused_block.PIECE_TOKENS = trainer_config.piece_tokens
-    if init_from:
-        load_initial_weights(module, init_from)
+    if initial is not None:
+        load_initial_weights(module, init_from, initial)
+        del initial  # the saved model's copy would otherwise stay in memory for the whole run
 
     # The best validation's checkpoint. last.ckpt is LastCheckpoint's alone: ModelCheckpoint's (save_last) waits for the
     # first validation, and a run that never saved one gets it at fit's end, a state that does not resume exactly.
-    best = ModelCheckpoint(
+    best = BestCheckpoint(
         dirpath=out_dir / "checkpoints",
         filename="step{step:07d}",
         auto_insert_metric_name=False,
@@ -251,10 +316,12 @@ def run_pretraining(
         mode="min",
     )
     last = last_checkpoint(out_dir, every_n_steps=trainer_config.checkpoint_every_n_steps)
+    if resume_point is not None:
+        last.saved_step = resume_point.global_step  # what last.ckpt holds until this run saves
     trainer = build_trainer(
         trainer_config, out_dir, plan.accumulate_grad_batches,
         callbacks=[best, last, EpochSeeder(), ThroughputMonitor(every_n_steps=trainer_config.log_every_n_steps),
-                   LearningRateMonitor(logging_interval="step")],
+                   LearningRateMonitor(logging_interval="step"), RunRecord(plan.seq_len, genome_files)],
         resume_step=resume_point.global_step if resume_point else None,
         val_check_interval=trainer_config.val_check_interval, check_val_every_n_epoch=None,
     )
@@ -265,7 +332,7 @@ def run_pretraining(
         f"{plan.devices} device(s) = {plan.effective_tokens_per_step:,} tokens/step"
     )
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_point.path if resume_point else None)
+    fit(trainer, module, datamodule, resume_point.path if resume_point else None, last, optim_config)
     fit_seconds = time.perf_counter() - start
     # fit prepares the data first (the token store is built from FASTA on first use): that time is not training.
     data_seconds = datamodule.prepare_seconds
@@ -306,7 +373,9 @@ def run_pretraining(
                 plot_training_curves(metrics_csv, out_dir / "curves.png", summary.get("markov_bits_per_base"),
                                      f"order-{summary.get('markov_order')} Markov")
             )
-        if export:
+        if export and trainer.global_step == 0:
+            summary["not_exported"] = "no optimizer step was done"
+        elif export:
             metadata = {"val_bits_per_base": summary["val_bits_per_base"], "global_step": trainer.global_step,
                         "data": asdict(data_config), "seq_len": plan.seq_len}
             if sharded:
@@ -320,6 +389,43 @@ def run_pretraining(
         os.replace(tmp, out_dir / "summary.json")
         _print_summary(summary)
     return summary
+
+
+def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None,
+        last: LastCheckpoint, optim: OptimConfig) -> None:
+    """``trainer.fit``, with the run's stops that are not its plan's end told as :class:`RunStopped`: one line on what
+    ``last`` (last.ckpt) holds and how to go on. A diverged loss exits 1, Ctrl-C 130 and SIGTERM 143 (once saved)."""
+    try:
+        with stop_on_ctrl_c(last):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except NonFiniteLossError as err:
+        raise NonFiniteLossError(stopped_message(f"training diverged: {err}", trainer.global_step, last, optim,
+                                                 lower_lr=True)) from err
+    except (KeyboardInterrupt, SystemExit):
+        # Lightning ends a Ctrl-C with sys.exit(1), and a SIGTERM with its SIGTERMException (a SystemExit of status 0).
+        if last.stop_reason is None:
+            raise
+        _raise_interrupted(trainer, last, optim)
+    if last.stop_reason is not None:  # a first Ctrl-C, which stops the run at the end of a step
+        _raise_interrupted(trainer, last, optim)
+
+
+def _raise_interrupted(trainer: L.Trainer, last: LastCheckpoint, optim: OptimConfig) -> None:
+    code = EXIT_SIGTERM if last.stop_reason == "SIGTERM" else EXIT_CTRL_C
+    message = stopped_message(f"stopped by {last.stop_reason} at step {trainer.global_step}", trainer.global_step,
+                              last, optim, lower_lr=last.unhealthy_step is not None)
+    raise RunStopped(message, code) from None
+
+
+def stopped_message(what: str, step: int, last: LastCheckpoint, optim: OptimConfig, lower_lr: bool) -> str:
+    """``what`` happened (the run was at ``step``); what last.ckpt holds (the last good state) and how to go on."""
+    lr = f" with a lower optim.lr (now {optim.lr})" if lower_lr else ""
+    if not last.path.is_file():
+        return f"{what}; no checkpoint was saved, so start the run again{lr}"
+    if last.saved_step == step:
+        return f"{what}; {last.path} holds step {step}: add resume=auto to the same command to go on{lr}"
+    return (f"{what}; {last.path} holds step {last.saved_step}, the last good state: add resume=auto to the same "
+            f"command to go on from it{lr}")
 
 
 def _print_summary(summary: dict) -> None:
@@ -339,6 +445,8 @@ def _print_summary(summary: dict) -> None:
     ]
     if "model_dir" in summary:
         rows.append(("exported model", summary["model_dir"]))
+    elif "not_exported" in summary:
+        rows.append(("exported model", f"none ({summary['not_exported']})"))
     if "curves_png" in summary:
         rows.append(("training curves", summary["curves_png"]))
     width = max(len(k) for k, _ in rows)
