@@ -429,6 +429,30 @@ def test_rerunning_a_context_replaces_its_tensorboard_logs(sweep: Path, tmp_path
     assert "its earlier run is replaced" in " ".join(build_sweep_parser().format_help().split())
 
 
+def test_a_sweep_stopped_by_ctrl_c_saves_the_run_and_says_how_to_finish(sweep: Path, tmp_path: Path, monkeypatch,
+                                                                         capsys) -> None:
+    from dna_mamba.errors import EXIT_CTRL_C
+    from dna_mamba.lit.species import SpeciesModule
+
+    def interrupt(self, *args) -> None:
+        if self.trainer.datamodule.seq_len == 256 and self.global_step == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SpeciesModule, "on_train_batch_end", interrupt, raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        sweep_main([str(sweep / "dataset"), "--out", str(tmp_path), "--contexts", "128,256,512", "--model", "tiny",
+                    "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--test-windows-per-class", "2",
+                    "--val-windows-per-class", "1", "--no-baseline", "--accelerator", "cpu", "--quiet"])
+    assert stopped.value.code == EXIT_CTRL_C
+    assert capsys.readouterr().err == (
+        f"stopped by Ctrl-C at step 1 (context 256); context 128 is done and in {tmp_path / 'sweep.md'}; to "
+        "finish, run the same command with --contexts 256,512 (its context runs start again)\n")
+    assert json.loads((tmp_path / "context_128" / "results.json").read_text())["seq_len"] == 128
+    saved = torch.load(tmp_path / "context_256" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 1
+    assert not (tmp_path / "context_512").exists()
+
+
 def test_kmer_only_sweep_does_not_replace_a_model_run(sweep: Path, tmp_path: Path, capsys) -> None:
     model = [str(sweep / "dataset"), "--out", str(tmp_path), "--contexts", "128", "--model", "tiny", "--epochs", "1",
              "--steps-per-epoch", "1", "--batch-size", "2", "--test-windows-per-class", "2",

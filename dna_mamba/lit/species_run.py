@@ -20,6 +20,7 @@ import lightning as L
 import torch
 import yaml
 
+from dna_mamba.errors import RunStopped
 from dna_mamba.export import load_model_source
 from dna_mamba.lit.callbacks import EpochSeeder
 from dna_mamba.lit.pretrain import OptimConfig
@@ -28,6 +29,7 @@ from dna_mamba.lit.runner import (
     TrainerConfig,
     build_trainer,
     early_stop_note,
+    fit,
     last_checkpoint,
     load_initial_weights,
     require_accelerator,
@@ -252,9 +254,12 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
     apply_memory_settings(module, trainer_config, seq_len)
 
     has_val = len(datamodule.datasets["val"]) > 0
+    last = last_checkpoint(out_dir, every_epoch=True)
+    if resume_point is not None:
+        last.saved_step = resume_point.global_step  # what last.ckpt holds until this run saves
     trainer = build_trainer(
         trainer_config, out_dir, plan.accumulate_grad_batches,
-        callbacks=[last_checkpoint(out_dir, every_epoch=True), EpochSeeder()],
+        callbacks=[last, EpochSeeder()],
         resume_step=resume_point.global_step if resume_point else None,
         # Counted in epochs alone (their steps follow from the dataset's length): a trainer that also counts max_steps
         # resumes from an epoch's end without the next epoch (see LastCheckpoint).
@@ -268,7 +273,8 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
           f"{plan.effective_batch} windows/step; test windows per class "
           f"{datamodule.windows_per_class('test')}{_stride_note(datamodule.datasets['test'].windows)}")
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_point.path if resume_point else None)
+    # Ctrl-C or SIGTERM: last.ckpt saved, then one line and exit status 130 / 143 (RunStopped).
+    fit(trainer, module, datamodule, resume_point.path if resume_point else None, last, optim)
     train_seconds = time.perf_counter() - start
     planned_steps = task.epochs * task.steps_per_epoch
     trainer.test(module, datamodule=datamodule, verbose=False)
@@ -551,13 +557,31 @@ def run_species_sweep(task: SpeciesTaskConfig, model_config: DnaMambaConfig | No
         if kmer_only:
             rows.append(run_kmer_only(task, seq_len, run_dir, seed=seed, dataset=dataset, progress=progress))
         else:
-            rows.append(run_species(task, model_config, replace(trainer_config, out_dir=str(run_dir)), seq_len,
-                                    micro_batch_tokens=micro_batch_tokens, optim=optim, seed=seed,
-                                    init_from=init_from, dataset=dataset, replace_run=True))
+            try:
+                rows.append(run_species(task, model_config, replace(trainer_config, out_dir=str(run_dir)), seq_len,
+                                        micro_batch_tokens=micro_batch_tokens, optim=optim, seed=seed,
+                                        init_from=init_from, dataset=dataset, replace_run=True))
+            except RunStopped as err:
+                raise RunStopped(_sweep_stopped(err, seq_len, contexts, rows, out_dir), err.exit_code) from None
         write_sweep_report(sorted(rows + earlier, key=lambda row: row["seq_len"]), task.kmer_ks, out_dir,
                            num_classes=dataset.num_classes, title=title,
                            settings={"task": asdict(task), "init_from": init_from, "kmer_only": kmer_only})
     return rows
+
+
+def _sweep_stopped(err: RunStopped, seq_len: int, contexts: Sequence[int], rows: list[dict], out_dir: Path) -> str:
+    """What a sweep stopped by Ctrl-C or SIGTERM (or a diverged run) has done, and the command line that finishes it.
+
+    A sweep does not resume a context's run (running a context again replaces it), so the run's own advice
+    (resume=auto) does not apply here.
+    """
+    what = str(err).split(";")[0]
+    done = [context_label(row["seq_len"]) for row in rows]
+    rest = [context_label(c) for c in contexts[len(rows):]]
+    kept = (f"context{'s' if len(done) > 1 else ''} {', '.join(done)} {'are' if len(done) > 1 else 'is'} done and in "
+            f"{out_dir / 'sweep.md'}; " if done else "")
+    return (f"{what} (context {context_label(seq_len)}); {kept}to finish, run the same command with --contexts "
+            f"{','.join(rest)} (its context runs start again)")
 
 
 def earlier_rows(out_dir: Path, exclude: Sequence[int] = (), identity: SweepIdentity | None = None
