@@ -306,3 +306,19 @@ def test_last_checkpoint_refuses_a_trainer_counting_epochs_and_steps(tmp_path):
                         enable_model_summary=False, callbacks=[LastCheckpoint(tmp_path / "last.ckpt")])
     with pytest.raises(ValueError, match="counts epochs or steps, not both"):
         trainer.fit(_Recorder(), datamodule=_Draw())
+
+
+def test_lightning_advice_that_does_not_apply_is_filtered() -> None:
+    import warnings
+
+    from dna_mamba.lit.runner import quiet_lightning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_lightning()
+        # Lightning's text for a short epoch: logging here counts steps across epochs, so nothing is lost.
+        warnings.warn("The number of training batches (4) is smaller than the logging interval "
+                      "Trainer(log_every_n_steps=10). Set a lower value for log_every_n_steps if you want to see logs "
+                      "for the training epoch.", UserWarning, stacklevel=1)
+        warnings.warn("a warning the run should still show", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a warning the run should still show"]

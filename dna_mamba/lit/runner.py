@@ -149,6 +149,8 @@ def quiet_lightning() -> None:
         rank_zero.addFilter(_LightningNoise())
     # Lightning 2.6's own use of a torch API that torch 2.10+ deprecates: nothing a user can change.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Logging counts optimizer steps across epochs here, so a short epoch loses no logged step: the advice is moot.
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
     # A resume in the middle of an epoch: LastCheckpoint says what that means for the data instead.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
