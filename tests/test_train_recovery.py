@@ -232,3 +232,33 @@ def test_a_plan_of_no_steps_is_refused_before_anything_is_written(tmp_path, stor
         run([*TINY, f"out_dir={tmp_path / 'run'}", f"data.cache_dir={store_cache}", "trainer.max_steps=0",
              "task.export=true"])
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where", ["final validation", "export"])
+def test_ctrl_c_after_training_says_the_checkpoint_holds_the_trained_state(tmp_path, store_cache, monkeypatch, capsys,
+                                                                           where):
+    base = [*TINY, f"out_dir={tmp_path}", f"data.cache_dir={store_cache}", "trainer.max_steps=2", "task.export=true"]
+    if where == "export":
+        import dna_mamba.lit.runner as runner
+
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(runner, "save_pretrained", interrupted)
+    else:
+        step = PretrainModule.validation_step
+
+        def validation_step(self, *args):
+            if self.trainer.state.fn == "validate":  # the run's own validations are under "fit"
+                raise KeyboardInterrupt
+            return step(self, *args)
+
+        monkeypatch.setattr(PretrainModule, "validation_step", validation_step)
+    with pytest.raises(SystemExit) as stopped, report_user_errors():
+        run(base)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert stopped.value.code == EXIT_CTRL_C
+    assert capsys.readouterr().err == (
+        f"stopped by Ctrl-C after training, in the final evaluation or export; {last} holds the trained state (step "
+        f"2): export it with `dna-mamba export {last} --out {tmp_path / 'model'}`\n")
+    assert _checkpoint(last)["global_step"] == 2

@@ -348,49 +348,57 @@ def run_pretraining(
         "data_seconds": round(data_seconds, 1),
         "train_seconds": round(fit_seconds - data_seconds, 1),
     }
-    if trainer_config.fast_dev_run:
-        return summary
-    note = early_stop_note(trainer, trainer_config.max_steps, trainer_config.max_time)
-    if note:
-        summary["stopped_early"] = note
+    try:
+        if trainer_config.fast_dev_run:
+            return summary
+        note = early_stop_note(trainer, trainer_config.max_steps, trainer_config.max_time)
+        if note:
+            summary["stopped_early"] = note
 
-    # FSDP leaves the module's parameters as flat shards after fit, which a plain validate or export would read as
-    # the model. There the last validation of the run stands for the final one, and the model is exported from the
-    # last checkpoint, which Lightning writes unsharded.
-    sharded = isinstance(trainer.strategy, FSDPStrategy)
-    if sharded:
-        last_val = trainer.callback_metrics.get("val/bits_per_base")
-        summary["val_bits_per_base"] = float(last_val) if last_val is not None else float("nan")
-    else:
-        results = trainer.validate(module, datamodule=datamodule, verbose=False)
-        summary["val_bits_per_base"] = float(results[0]["val/bits_per_base"]) if results else float("nan")
-    if run_baseline and trainer.is_global_zero:
-        baseline = markov_baseline_bits(datamodule)
-        summary["markov_order"] = baseline["order"]
-        summary["markov_bits_per_base"] = baseline["bits_per_base"]
-    if trainer.is_global_zero:
-        metrics_csv = out_dir / "logs" / "metrics.csv"
-        if metrics_csv.is_file():
-            summary["curves_png"] = str(
-                plot_training_curves(metrics_csv, out_dir / "curves.png", summary.get("markov_bits_per_base"),
-                                     f"order-{summary.get('markov_order')} Markov")
-            )
-        if export and trainer.global_step == 0:
-            summary["not_exported"] = "no optimizer step was done"
-        elif export:
-            metadata = {"val_bits_per_base": summary["val_bits_per_base"], "global_step": trainer.global_step,
-                        "data": asdict(data_config), "seq_len": plan.seq_len}
-            if sharded:
-                model_dir = export_checkpoint(last.path, out_dir / "model", metadata)
-            else:
-                module.model.float()
-                model_dir = save_pretrained(module.model, out_dir / "model", extra_metadata=metadata)
-            summary["model_dir"] = str(model_dir)
-        tmp = out_dir / f".summary.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        os.replace(tmp, out_dir / "summary.json")
-        _print_summary(summary)
-    return summary
+        # FSDP leaves the module's parameters as flat shards after fit, which a plain validate or export would read as
+        # the model. There the last validation of the run stands for the final one, and the model is exported from the
+        # last checkpoint, which Lightning writes unsharded.
+        sharded = isinstance(trainer.strategy, FSDPStrategy)
+        if sharded:
+            last_val = trainer.callback_metrics.get("val/bits_per_base")
+            summary["val_bits_per_base"] = float(last_val) if last_val is not None else float("nan")
+        else:
+            results = trainer.validate(module, datamodule=datamodule, verbose=False)
+            summary["val_bits_per_base"] = float(results[0]["val/bits_per_base"]) if results else float("nan")
+        if run_baseline and trainer.is_global_zero:
+            baseline = markov_baseline_bits(datamodule)
+            summary["markov_order"] = baseline["order"]
+            summary["markov_bits_per_base"] = baseline["bits_per_base"]
+        if trainer.is_global_zero:
+            metrics_csv = out_dir / "logs" / "metrics.csv"
+            if metrics_csv.is_file():
+                summary["curves_png"] = str(
+                    plot_training_curves(metrics_csv, out_dir / "curves.png", summary.get("markov_bits_per_base"),
+                                         f"order-{summary.get('markov_order')} Markov")
+                )
+            if export and trainer.global_step == 0:
+                summary["not_exported"] = "no optimizer step was done"
+            elif export:
+                metadata = {"val_bits_per_base": summary["val_bits_per_base"], "global_step": trainer.global_step,
+                            "data": asdict(data_config), "seq_len": plan.seq_len}
+                if sharded:
+                    model_dir = export_checkpoint(last.path, out_dir / "model", metadata)
+                else:
+                    module.model.float()
+                    model_dir = save_pretrained(module.model, out_dir / "model", extra_metadata=metadata)
+                summary["model_dir"] = str(model_dir)
+            tmp = out_dir / f".summary.json.tmp-{os.getpid()}"
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+            os.replace(tmp, out_dir / "summary.json")
+            _print_summary(summary)
+        return summary
+    except (KeyboardInterrupt, SystemExit) as err:
+        # Lightning ends a Ctrl-C in its final validation with sys.exit(1), after telling LastCheckpoint.
+        if not isinstance(err, KeyboardInterrupt) and last.stop_reason is None:
+            raise
+        raise RunStopped(f"stopped by Ctrl-C after training, in the final evaluation or export; {last.path} holds the "
+                         f"trained state (step {last.saved_step}): export it with `dna-mamba export {last.path} --out "
+                         f"{out_dir / 'model'}`", EXIT_CTRL_C) from None
 
 
 def fit(trainer: L.Trainer, module: L.LightningModule, datamodule: L.LightningDataModule, ckpt_path: str | None,
