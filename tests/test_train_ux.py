@@ -320,5 +320,8 @@ def test_lightning_advice_that_does_not_apply_is_filtered() -> None:
         warnings.warn("The number of training batches (4) is smaller than the logging interval "
                       "Trainer(log_every_n_steps=10). Set a lower value for log_every_n_steps if you want to see logs "
                       "for the training epoch.", UserWarning, stacklevel=1)
+        warnings.warn("The 'val_dataloader' does not have many workers which may be a bottleneck. Consider increasing "
+                      "the value of the `num_workers` argument` to `num_workers=15` in the `DataLoader` to improve "
+                      "performance.", UserWarning, stacklevel=1)
         warnings.warn("a warning the run should still show", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a warning the run should still show"]

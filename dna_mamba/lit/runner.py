@@ -151,6 +151,9 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # Logging counts optimizer steps across epochs here, so a short epoch loses no logged step: the advice is moot.
     warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
+    # Windows are slices of a memory-mapped store, cheap to batch in the main process; data.num_workers is the
+    # setting where that is not so (Lightning's advice names its own DataLoader argument).
+    warnings.filterwarnings("ignore", message=r"The '\w+_dataloader' does not have many workers")
     # A resume in the middle of an epoch: LastCheckpoint says what that means for the data instead.
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
