@@ -262,3 +262,21 @@ def test_ctrl_c_after_training_says_the_checkpoint_holds_the_trained_state(tmp_p
         f"stopped by Ctrl-C after training, in the final evaluation or export; {last} holds the trained state (step "
         f"2): export it with `dna-mamba export {last} --out {tmp_path / 'model'}`\n")
     assert _checkpoint(last)["global_step"] == 2
+
+
+def test_a_checkpoint_save_removes_the_partial_file_of_a_killed_one(tmp_path):
+    from dna_mamba.lit.checkpoint_io import AtomicCheckpointIO
+    from dna_mamba.outputs import work_dir_name
+
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    path.parent.mkdir()
+    code = ("import sys, pathlib; from dna_mamba.outputs import work_dir_name; "
+            "work_dir_name(pathlib.Path(sys.argv[1])).write_bytes(b'partial')")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True)  # a save killed before its rename
+    (partial,) = path.parent.iterdir()
+    assert partial.name.startswith(".last.ckpt.tmp-")
+    running = work_dir_name(path)  # a save of this (live) process under way: left alone
+    running.write_bytes(b"in progress")
+    AtomicCheckpointIO().save_checkpoint({"global_step": 7}, path)
+    assert {p.name for p in path.parent.iterdir()} == {"last.ckpt", running.name}
+    assert torch.load(path, weights_only=True)["global_step"] == 7
