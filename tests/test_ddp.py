@@ -35,9 +35,10 @@ def main(out_dir: Path) -> None:
             self.windows += [canonical(row) for row in batch.cpu()]
 
         def on_train_end(self, trainer, pl_module) -> None:
+            sampler = trainer.train_dataloader.sampler
             (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(
                 {"windows": self.windows, "world_size": trainer.world_size, "global_step": trainer.global_step,
-                 "sampler": type(trainer.train_dataloader.sampler).__name__,
+                 "sampler": [type(sampler).__name__, sampler.num_replicas, sampler.rank],
                  "weights": [p.detach().double().sum().item() for p in pl_module.parameters()]}
             ))
 
@@ -59,7 +60,8 @@ def test_two_process_ddp_on_cpu(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for rank in ranks:
         assert rank["world_size"] == 2 and rank["global_step"] == 2
-        assert rank["sampler"] == "DistributedSampler" and len(rank["windows"]) == 4
+        assert rank["sampler"][:2] == ["ResumableSampler", 2] and len(rank["windows"]) == 4
+    assert [rank["sampler"][2] for rank in ranks] == [0, 1]
     assert not set(ranks[0]["windows"]) & set(ranks[1]["windows"])  # disjoint shards of the training windows
     # Different data, same weights: gradients were all-reduced (the segmented loss works with DDP's hooks).
     assert ranks[0]["weights"] == ranks[1]["weights"]

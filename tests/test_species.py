@@ -157,6 +157,37 @@ def test_resume_refuses_a_checkpoint_of_other_species_data(sweep: Path, slices: 
         "global_step"] == 5
 
 
+def test_a_run_resumed_mid_epoch_trains_on_the_windows_of_the_uninterrupted_run(sweep: Path, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    from dna_mamba.errors import RunStopped
+    from dna_mamba.lit.species import SpeciesModule
+
+    base = [*TINY, f"task.prepared={sweep / 'dataset'}", "task.export=false", "task.steps_per_epoch=4",
+            "task.epochs=2"]
+    seen = []
+    step = SpeciesModule.training_step
+
+    def recorded(self, batch, batch_idx):
+        seen.append((self.current_epoch, batch_idx, hash(batch[0].numpy().tobytes()), tuple(batch[1].tolist())))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SpeciesModule, "training_step", recorded)
+    run_from_config(hydra_cfg([*base, f"out_dir={tmp_path / 'whole'}"]))
+    whole, seen[:] = list(seen), []
+    assert len(whole) == 8 and len({batch for _, _, batch, _ in whole}) == 8
+
+    def interrupt(self, *args) -> None:
+        if self.global_step == 6:  # epoch 1, after its second batch
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SpeciesModule, "on_train_batch_end", interrupt, raising=False)
+    with pytest.raises(RunStopped):
+        run_from_config(hydra_cfg([*base, f"out_dir={tmp_path / 'parts'}"]))
+    monkeypatch.setattr(SpeciesModule, "on_train_batch_end", lambda self, *args: None, raising=False)
+    run_from_config(hydra_cfg([*base, f"out_dir={tmp_path / 'parts'}", "resume=auto"]))
+    assert seen == whole
+
+
 def test_resume_trains_exactly_the_remaining_epochs(sweep: Path, tmp_path: Path) -> None:
     # A finished run given more epochs trains each of them once. (Lightning 2.6 restarts from the end of an epoch
     # with the next epoch already spent when the trainer counts steps too: 1 epoch, then 3, ended at 4 of 6 steps.)

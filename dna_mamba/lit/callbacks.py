@@ -156,7 +156,7 @@ class LastCheckpoint(Checkpoint):
         self.training = True
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if self._first_batch and batch_idx > 0:
+        if self._first_batch and batch_idx > 0 and not hasattr(trainer.train_dataloader, "load_state_dict"):
             # Lightning's own warning about this says only that results may be unreliable.
             print(f"note: resuming in the middle of epoch {trainer.current_epoch} (after {batch_idx:,} of its "
                   f"{trainer.num_training_batches:,} batches): the data loader cannot restart where it stopped, so "

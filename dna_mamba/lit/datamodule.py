@@ -187,12 +187,20 @@ class GenomeDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         dataset = self.datasets[name]
+        distributed = self.trainer is not None and self.trainer.world_size > 1
         sampler = None
-        if self.trainer is not None and self.trainer.world_size > 1:
-            # Each rank sees a disjoint shard of the windows; Lightning calls set_epoch on it.
+        if name == "train":
+            # The order is drawn from (data.seed, epoch) alone, on one device or many (each rank then sees a disjoint
+            # shard); Lightning calls set_epoch on it, and checkpoints the loader's place (see ResumableLoader).
+            world, rank = (self.trainer.world_size, self.trainer.global_rank) if distributed else (1, 0)
+            sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.config.seed,
+                                       drop_last=shuffle and distributed)
+            shuffle = False
+        elif distributed:
             sampler = DistributedSampler(dataset, shuffle=shuffle, seed=self.config.seed, drop_last=shuffle)
             shuffle = False
-        return DataLoader(
+        loader_class = ResumableLoader if name == "train" else DataLoader
+        loader = loader_class(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
@@ -202,6 +210,8 @@ class GenomeDataModule(L.LightningDataModule):
             persistent_workers=self.config.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+        loader.datamodule = self
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -211,6 +221,60 @@ class GenomeDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test" if "test" in self.datasets else "val", shuffle=False)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler's shuffle (a permutation drawn from seed + epoch alone, so a resumed run draws the same one),
+    which can start an epoch part-way: after :attr:`resume_at` is set to ``(epoch, samples)``, the next pass over that
+    epoch leaves out its first ``samples`` indices (those of the batches trained before the checkpoint), unless that
+    is all of them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resume_at: tuple[int, int] | None = None
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        if self.resume_at is not None:
+            epoch, done = self.resume_at
+            self.resume_at = None
+            # A checkpoint of an epoch's last batch leaves nothing of it: Lightning then ends that epoch without
+            # training on what it fetched, as with any loader, and an empty pass would end it twice.
+            if epoch == self.epoch and done < len(indices):
+                indices = indices[done:]
+        return iter(indices)
+
+
+class ResumableLoader(DataLoader):
+    """The training loader, whose place in its epoch Lightning saves in checkpoints (``state_dict``) and restores on
+    resume (``load_state_dict``), so that a run resumed mid-epoch trains on the batches the uninterrupted run would
+    have. Counted from Lightning's own progress, not from what the loader has handed out: the trainer fetches a batch
+    ahead, and worker processes further still.
+
+    ``datamodule`` (set after construction, so that Lightning can rebuild the loader from its arguments if it must)
+    gives the trainer.
+    """
+
+    datamodule: GenomeDataModule | None = None
+
+    def state_dict(self) -> dict:
+        trainer = self.datamodule.trainer if self.datamodule is not None else None
+        if trainer is None:
+            return {}
+        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state or not isinstance(self.sampler, ResumableSampler):
+            return
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= len(self):  # saved on the epoch's last batch: the resumed run starts the next epoch
+            epoch, batches = epoch + 1, 0
+        # Lightning makes the resumed epoch's iterator, and fetches its first batch, before it calls set_epoch and
+        # the epoch-start hooks (EpochSeeder: the windows' strand draws), so both epochs are set here.
+        self.sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        self.sampler.resume_at = (epoch, batches * self.batch_size)
 
 
 def _resolve_setting(store: GenomeStore, setting: str, names: list[str]) -> list[str]:

@@ -233,17 +233,21 @@ def apply_optim_settings(checkpoint: dict, optim: OptimConfig, param_groups: lis
     return [f"optim.{key}={new[key]} (was {saved[key]})" for key in changed]
 
 
-def adamw_cosine(param_groups: list[dict], opt: OptimConfig, trainer: L.Trainer, device: torch.device) -> dict:
+def adamw_cosine(param_groups: list[dict], opt: OptimConfig, trainer: L.Trainer, device: torch.device,
+                 total_steps: int | None = None) -> dict:
     """AdamW over ``param_groups`` with linear warm-up then cosine decay, stepped per optimizer step.
 
-    Returns what ``LightningModule.configure_optimizers`` returns. Empty groups (a frozen backbone) are dropped.
+    ``total_steps``: the run's optimizer steps, when the caller knows them; else Lightning's estimate. (For a trainer
+    counting epochs that estimate sets up the training data loader before a checkpoint is restored, so the loader
+    would not be told where a resumed epoch stopped.) Returns what ``LightningModule.configure_optimizers`` returns.
+    Empty groups (a frozen backbone) are dropped.
     """
     # Lightning refuses to clip gradients of a fused optimizer under mixed precision; foreach is nearly as fast.
     fused = device.type == "cuda" and not trainer.gradient_clip_val
     optimizer = torch.optim.AdamW(
         [g for g in param_groups if g["params"]], lr=opt.lr, betas=(opt.beta1, opt.beta2), fused=fused
     )
-    total = max(1, int(trainer.estimated_stepping_batches))
+    total = max(1, int(total_steps if total_steps is not None else trainer.estimated_stepping_batches))
     warmup = int(opt.warmup_fraction * total)
 
     def lr_lambda(step: int) -> float:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from dna_mamba.lit.datamodule import ResumableLoader, ResumableSampler
 from dna_mamba.lit.pretrain import OptimConfig, adamw_cosine, clip_gradients
 from dna_mamba.model import DnaMambaConfig, DnaMambaLM
 from dna_mamba.species.dataset import BalancedWindowDataset, EvalWindowDataset, SpeciesDataset
@@ -145,6 +146,7 @@ class SpeciesModule(L.LightningModule):
         self.freeze_backbone = freeze_backbone
         self.both_strands = both_strands
         self.optim = optim
+        self.planned_steps: int | None = None  # optimizer steps of the run (run_species sets it); None: estimated
         if freeze_backbone:
             self.model.requires_grad_(False)
         self.results: dict[str, dict] = {}
@@ -216,7 +218,7 @@ class SpeciesModule(L.LightningModule):
         groups = [] if self.freeze_backbone else self.model.param_groups(opt.weight_decay)
         groups += [{"params": head_decay, "weight_decay": opt.weight_decay}, {"params": head_bias,
                                                                               "weight_decay": 0.0}]
-        return adamw_cosine(groups, opt, self.trainer, self.device)
+        return adamw_cosine(groups, opt, self.trainer, self.device, total_steps=self.planned_steps)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)
@@ -271,8 +273,16 @@ class SpeciesDataModule(L.LightningDataModule):
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        # No shuffle: items are independent random draws already, and in order every batch is class-balanced.
-        return self._loader("train")
+        # No shuffle: items are independent random draws already, and in order every batch is class-balanced. A
+        # resumable loader, so that a run resumed mid-epoch goes on with the draws the uninterrupted run would make.
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(self.datasets["train"], num_replicas=world, rank=rank, shuffle=False)
+        loader = ResumableLoader(self.datasets["train"], batch_size=self.micro_batch_size, sampler=sampler,
+                                 num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                                 pin_memory=torch.cuda.is_available())
+        loader.datamodule = self
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")

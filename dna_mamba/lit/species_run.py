@@ -249,6 +249,7 @@ def run_species(task: SpeciesTaskConfig, model_config: DnaMambaConfig | None, tr
     config = backbone_config(init_from, model_config)
     module = SpeciesModule(config, dataset.classes, pooling=task.pooling, freeze_backbone=task.freeze_backbone,
                            both_strands=task.both_strands, optim=optim)
+    module.planned_steps = task.epochs * task.steps_per_epoch
     if init_from:
         load_initial_weights(module, init_from)
     apply_memory_settings(module, trainer_config, seq_len)
