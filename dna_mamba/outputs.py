@@ -109,6 +109,25 @@ def make_work_dir(target: PathLike) -> Path:
         return path
 
 
+def install_work_dir(tmp: PathLike, target: PathLike) -> None:
+    """Put a directory built in ``tmp`` (:func:`make_work_dir`) in place of ``target``, with the modes of new files
+    (:func:`apply_umask`). Readers see the old directory or the new one, never a mixture; an existing ``target`` is
+    moved aside first (a rename cannot replace a non-empty directory) and put back if the swap fails."""
+    tmp, target = Path(tmp), Path(target)
+    apply_umask(tmp)  # some writers make owner-only files (safetensors: 0o600); an output is shared like any other
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    backup = work_dir_name(target, "old")
+    os.replace(target, backup)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        os.replace(backup, target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where Linux shows it (``os.umask`` can only set and return)."""
     with contextlib.suppress(OSError, ValueError):

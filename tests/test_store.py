@@ -171,14 +171,7 @@ def test_cached_store_reuses_until_the_source_changes(tmp_path: Path, monkeypatc
     assert first.directory.parent == tmp_path / "cache" / "stores"
     assert first.directory.name.startswith("genome-")
 
-    real_build = store_module.build_store
-    builds: list[Path] = []
-
-    def counting_build(*args, **kwargs):
-        builds.append(args[1])
-        return real_build(*args, **kwargs)
-
-    monkeypatch.setattr(store_module, "build_store", counting_build)
+    builds = _no_builds(monkeypatch)
     second = cached_store([fasta], progress=False)
     assert builds == [] and second.directory == first.directory
 

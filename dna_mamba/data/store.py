@@ -262,7 +262,7 @@ class GenomeStore:
                 if (_absolute(path), stat.st_size, stat.st_mtime_ns) != (recorded.path, recorded.size,
                                                                           recorded.mtime_ns):
                     return False
-                head, tail = _fingerprint(Path(path), stat.st_size)
+                head, tail = file_fingerprint(Path(path), stat.st_size)
             except OSError:
                 return False
             if head != recorded.head_sha256 or (recorded.tail_sha256 is not None and tail != recorded.tail_sha256):
@@ -405,11 +405,11 @@ def _absolute(path: PathLike) -> str:
 def _describe_source(path: Path) -> SourceFile:
     compression = detect_compression(path)  # also the missing/unreadable file check
     stat = path.stat()
-    head, tail = _fingerprint(path, stat.st_size)
+    head, tail = file_fingerprint(path, stat.st_size)
     return SourceFile(_absolute(path), stat.st_size, stat.st_mtime_ns, head, compression, tail)
 
 
-def _fingerprint(path: Path, size: int) -> tuple[str, str]:
+def file_fingerprint(path: Path, size: int) -> tuple[str, str]:
     """sha256 of the first and of the last MiB of a file (the same bytes twice for a file up to 1 MiB)."""
     with open(path, "rb") as handle:
         head = hashlib.sha256(handle.read(_HEAD_BYTES)).hexdigest()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ import yaml
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from dna_mamba.data.store import file_fingerprint
 
 
 @dataclass
@@ -33,7 +34,6 @@ class ResumePoint:
 
 # Where RunRecord keeps, in every checkpoint, what a resume of a pretraining run must find unchanged.
 RUN_RECORD_KEY = "dna_mamba_run"
-_FINGERPRINT_BYTES = 1 << 20  # hashed at each end of a genome file, as the token store does for its sources
 
 
 def find_resume_point(resume: str | None, out_dir: Path) -> ResumePoint | None:
@@ -170,10 +170,7 @@ def genome_fingerprint(paths: list[Path]) -> list[dict]:
     for path in paths:
         try:
             size = path.stat().st_size
-            with open(path, "rb") as handle:
-                head = hashlib.sha256(handle.read(_FINGERPRINT_BYTES)).hexdigest()
-                handle.seek(max(size - _FINGERPRINT_BYTES, 0))
-                tail = hashlib.sha256(handle.read(_FINGERPRINT_BYTES)).hexdigest()
+            head, tail = file_fingerprint(path, size)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: genome file not found") from None
         fingerprint.append({"file": str(path), "size": size, "head_sha256": head, "tail_sha256": tail})

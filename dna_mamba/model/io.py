@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 
 from dna_mamba.model.config import DnaMambaConfig
-from dna_mamba.outputs import apply_umask, make_work_dir, remove_stale_work_dirs, work_dir_name
+from dna_mamba.outputs import install_work_dir, make_work_dir, remove_stale_work_dirs
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -40,14 +39,7 @@ def save_pretrained(model, directory: str | Path, extra_metadata: dict | None = 
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         # save_model (not save_file) handles the tied embedding / LM head without duplicating it.
         save_model(model, str(tmp / WEIGHTS_NAME))
-        apply_umask(tmp)  # safetensors writes owner-only files; a saved model is shared like any other file
-        if directory.exists():
-            backup = work_dir_name(directory, "old")
-            os.replace(directory, backup)
-            os.replace(tmp, directory)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        install_work_dir(tmp, directory)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

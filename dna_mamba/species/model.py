@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dna_mamba.model import DnaMambaLM, load_pretrained, save_pretrained
-from dna_mamba.outputs import apply_umask, make_work_dir
+from dna_mamba.outputs import install_work_dir, make_work_dir
 from dna_mamba.tokenizer import reverse_complement
 
 POOLINGS = ("last", "mean")
@@ -135,14 +135,7 @@ def save_classifier(model: DnaMambaLM, head: SpeciesHead, classes: list[str], co
                   str(tmp / HEAD_WEIGHTS))
         config = {"classes": list(classes), "pooling": head.pooling, "context": context, "metadata": metadata or {}}
         (tmp / CLASSIFIER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        apply_umask(tmp)  # safetensors writes owner-only files; a saved classifier is shared like any other file
-        if directory.exists():
-            backup = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-            os.replace(directory, backup)
-            os.replace(tmp, directory)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        install_work_dir(tmp, directory)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
