@@ -138,7 +138,6 @@ class LastCheckpoint(Checkpoint):
         self._epoch_complete = False
         self._save_after_validation = False
         self._step_at_batch_start = 0
-        self._first_batch = True
 
     def request_stop(self) -> None:
         """Stop the run at the end of the current optimizer step (or validation), saving it: what Ctrl-C asks."""
@@ -152,17 +151,9 @@ class LastCheckpoint(Checkpoint):
                              f"{trainer.max_epochs}, max_steps={trainer.max_steps}): a resume would skip epochs")
         self.saved_step = trainer.global_step
         self._save_after_validation = False
-        self._first_batch = True
         self.training = True
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if self._first_batch and batch_idx > 0 and not hasattr(trainer.train_dataloader, "load_state_dict"):
-            # Lightning's own warning about this says only that results may be unreliable.
-            print(f"note: resuming in the middle of epoch {trainer.current_epoch} (after {batch_idx:,} of its "
-                  f"{trainer.num_training_batches:,} batches): the data loader cannot restart where it stopped, so "
-                  "the rest of this epoch is drawn from a new shuffle of the training windows (a few windows may "
-                  "come twice or not at all in it); steps, schedule and later epochs are as planned")
-        self._first_batch = False
         self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,

@@ -154,8 +154,6 @@ def quiet_lightning() -> None:
     # Windows are slices of a memory-mapped store, cheap to batch in the main process; data.num_workers is the
     # setting where that is not so (Lightning's advice names its own DataLoader argument).
     warnings.filterwarnings("ignore", message=r"The '\w+_dataloader' does not have many workers")
-    # A resume in the middle of an epoch: LastCheckpoint says what that means for the data instead.
-    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def build_trainer(config: TrainerConfig, out_dir: Path, accumulate_grad_batches: int, callbacks: list,
