@@ -390,3 +390,58 @@ def test_gpu_dB_dC_bit_identical_across_runs():
         results.append(torch.autograd.grad(y.float().square().sum(), [leaves["B"], leaves["C"]]))
     for dB, dC in results[1:]:
         assert torch.equal(dB, results[0][0]) and torch.equal(dC, results[0][1])
+
+
+# The one-pass forward of gluon.py (a (channel, state) pair per lane; Gluon runs on a GPU only). Each case names
+# its layout: states per lane and warps per program. Channel blocks end part-way (dims not a multiple of the
+# block), lengths are not multiples of the 32-step tile, chunks of 256 steps make the backward start from the
+# states this forward wrote, and N covers 8 (padded from 5), 16, 32 and 64.
+LANE_CASES = [
+    # (batch, dim, N, L, groups, has_z, has_d, has_bias, softplus, has_init, states per lane, warps)
+    (2, 48, 16, 3000, 2, True, True, True, True, True, 1, 8),
+    (1, 40, 16, 1000, 1, True, True, True, True, False, 2, 4),
+    (1, 44, 16, 63, 1, False, False, False, False, True, 2, 2),  # no softplus: dt < 0 grows h, so L is short
+    (1, 24, 5, 777, 1, True, True, True, True, True, 1, 4),
+    (2, 20, 32, 530, 1, True, False, True, True, True, 1, 4),
+    (1, 12, 64, 301, 1, True, True, True, True, True, 2, 4),
+    (1, 3, 16, 1, 1, True, True, True, True, True, 2, 4),
+]
+
+
+@needs_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", LANE_CASES, ids=lambda c: f"b{c[0]}d{c[1]}n{c[2]}L{c[3]}spn{c[10]}w{c[11]}")
+def test_gpu_one_pass_forward_against_oracle(monkeypatch, case, dtype):
+    batch, dim, dstate, seqlen, groups, has_z, has_d, has_bias, softplus, has_init, spn, warps = case
+    for key, value in dict(lanes=1, lanes_min_fill=0, lanes_spn=spn, lanes_warps=warps, chunk_len=256).items():
+        monkeypatch.setitem(scan_interface._TUNING, key, value)
+    cfg = scan_interface._config(batch, dim, groups, dstate, seqlen, DEVICE, channel_last=True)
+    assert cfg.lanes_warps == warps and cfg.lanes_spn == max(spn, dstate // 32), cfg  # the path under test runs
+    inputs = make_inputs(batch, dim, dstate, seqlen, groups, dtype=dtype, has_z=has_z, has_d=has_d,
+                         has_bias=has_bias, has_init=has_init, layout="channel_last", seed=seqlen + spn)
+    check_against_oracle(inputs, backend="triton", delta_softplus=softplus)
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_gpu_one_pass_forward_one_million_steps(monkeypatch):
+    monkeypatch.setitem(scan_interface._TUNING, "lanes", 1)
+    monkeypatch.setitem(scan_interface._TUNING, "lanes_min_fill", 0)
+    inputs = make_inputs(1, 64, 16, 1 << 20, 1, dtype=torch.bfloat16, layout="channel_last", seed=16)
+    assert scan_interface._config(1, 64, 1, 16, 1 << 20, DEVICE, channel_last=True).lanes_warps
+    _time_split_check(inputs, tail=512, tol=TOLERANCE[torch.bfloat16])
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_gpu_one_pass_forward_equals_chunked_forward(monkeypatch):
+    """At the S0 width the one-pass forward and the chunked Triton forward give the same y and final state."""
+    inputs = make_inputs(1, 1536, 16, 1 << 16, 1, dtype=torch.bfloat16, layout="channel_last", seed=17)
+    monkeypatch.setitem(scan_interface._TUNING, "lanes", 1)
+    cfg = scan_interface._config(1, 1536, 1, 16, 1 << 16, DEVICE, channel_last=True)
+    assert cfg.lanes_warps, cfg
+    y, h = selective_scan(**inputs, delta_softplus=True, return_final_state=True)
+    monkeypatch.setitem(scan_interface._TUNING, "lanes", 0)
+    y_chunked, h_chunked = selective_scan(**inputs, delta_softplus=True, return_final_state=True)
+    assert rel_err(y, y_chunked) < 1e-2 and rel_err(h, h_chunked) < 1e-4
