@@ -103,16 +103,11 @@ class _Config:
     t_tile_rev: int = 1  # the same for its reverse-in-time kernel
     fast_math_bwd: int = 0  # fast_math in the backward kernels: bit 0 the forward-in-time one, bit 1 the reverse
     combine_prefetch: int = 0  # chunks ahead that the chunk combine prefetches into L1; 0: none
-    # The forward in one pass with a (channel, state) pair per lane (gluon.py), where the GPU has room for it:
-    # warps per program (0: the chunked Triton forward), states per lane, and steps per tile.
-    lanes_warps: int = 0
-    lanes_spn: int = 1
-    lanes_t_tile: int = 32
 
     @property
     def longest_tile(self) -> int:
         """Steps of the longest tile of any pass: B/C are padded by this many steps past L."""
-        return max(self.t_tile, self.t_tile_bwd, self.t_tile_rev, self.lanes_t_tile if self.lanes_warps else 1)
+        return max(self.t_tile, self.t_tile_bwd, self.t_tile_rev)
 
 
 # Channels per program of the chunk combine, a short sequential pass over the chunks: one warp each, so that a
@@ -132,9 +127,7 @@ def _sm_count(device: torch.device) -> int:
 # lane_sums and fast_math, fast_math_bwd (bit 0: the backward's forward-in-time kernel, bit 1: its reverse one),
 # transpose_bwd (0: the backward runs on time-contiguous inputs as they are), transpose_bwd_min_n (the smallest N
 # whose backward copies them to channel-last), transpose_fwd (0: the forward runs on them as they are) and
-# transpose_fwd_max_n (the largest N whose forward copies them, and y back), lanes (0 / 1: the one-pass forward of
-# gluon.py off / wherever it can run), lanes_spn, lanes_warps, lanes_t_tile (its layout) and lanes_min_fill (how
-# full it must fill the GPU, in warps per SM).
+# transpose_fwd_max_n (the largest N whose forward copies them, and y back).
 _TUNING: dict[str, int] = {}
 
 
@@ -214,53 +207,12 @@ def _config_for(
     lane_sums = device_type == "cuda" and block_d_bwd == 32 and block_n >= 8
     lane_sums = bool(_TUNING.get("lane_sums", lane_sums))
     fast_math = bool(_TUNING.get("fast_math", device_type == "cuda"))
-    lanes_warps, lanes_spn, lanes_t_tile = _lanes_choice(batch * groups, dim_per_group, block_n, sms, device_type,
-                                                         channel_last)
-    if lanes_warps:  # its chunk boundaries (the backward's) fall between its tiles
-        chunk_len = triton.cdiv(chunk_len, lanes_t_tile) * lanes_t_tile
     return _Config(
         block_d, block_d_bwd, block_n, t_tile, t_tile_bwd, maxnreg, chunk_len, triton.cdiv(seqlen, chunk_len),
         prefetch, channel_last and prefetch > 0, lane_sums, fast_math, t_tile_rev,
         _TUNING.get("fast_math_bwd", 0) if fast_math else 0,
         _TUNING.get("combine_prefetch", 8) if prefetch else 0,
-        lanes_warps, lanes_spn, lanes_t_tile,
     )
-
-
-@functools.cache
-def _gluon_kernels():
-    """The module of the one-pass forward, or None where this Triton has no Gluon."""
-    try:
-        from dna_mamba.kernels.selective_scan import gluon
-    except ImportError:
-        return None
-    return gluon
-
-
-def _lanes_choice(sequences: int, dim_per_group: int, block_n: int, sms: int, device_type: str,
-                  channel_last: bool) -> tuple[int, int, int]:
-    """(warps per program, states per lane, steps per tile) of the one-pass forward, or warps 0 where the
-    chunked forward runs instead: on the CPU (Gluon has no interpreter), for inputs that are not channel-last,
-    N outside 8..64, and where one pass over the sequence would leave too much of the GPU idle."""
-    # Off unless asked for: slower than the chunked forward at every shape measured (benchmarks/RESULTS.md).
-    if device_type != "cuda" or not channel_last or not 8 <= block_n <= 64 or not _TUNING.get("lanes", 0):
-        return 0, 1, 32
-    if _gluon_kernels() is None:
-        return 0, 1, 32
-    t_tile = _TUNING.get("lanes_t_tile", 32)
-    # Two states per lane while that still gives every SM's 4 schedulers a warp; one (twice the warps) beyond.
-    warps_at_spn2 = sequences * triton.cdiv(dim_per_group * block_n, 64)
-    spn = _TUNING.get("lanes_spn", 2 if warps_at_spn2 <= 4 * sms else 1)
-    spn = max(spn, block_n // 32)
-    num_warps = _TUNING.get("lanes_warps", 4 if spn > 1 else 8)
-    lanes_per_channel = block_n // spn
-    block_d = 32 // lanes_per_channel * num_warps
-    if block_d > 32 or lanes_per_channel < 4:
-        return 0, 1, 32
-    warps = sequences * triton.cdiv(dim_per_group, block_d) * num_warps
-    if warps < _TUNING.get("lanes_min_fill", 2) * sms:
-        return 0, 1, 32
-    return num_warps, spn, t_tile
 
 
 def _new(*shape: int, dtype: torch.dtype = torch.float32, device: torch.device) -> torch.Tensor:
@@ -349,10 +301,6 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
     final = _new(batch, dim, dstate, device=dev)
     # Entry c is the state entering chunk c; entry n_chunks the final state. Saved for the backward.
     states = _new(batch, cfg.n_chunks + 1, cfg.block_n, dim, device=dev)
-    if cfg.lanes_warps:
-        _lanes_forward(u, delta, z, y, a2t, Df, biasf, bc, initial_state, states, final, cfg, groups, dstate,
-                       bool(delta_softplus))
-        return y, final, states, cfg
     hloc = _new(*states.shape, device=dev)
     dtsum = _new(batch, cfg.n_chunks + 1, dim, device=dev)
 
@@ -381,26 +329,6 @@ def scan_forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softp
         )
         kernels._fwd_kernel[(batch * groups * n_dblk, cfg.n_chunks)](*ptrs, *dims, *strides, LOCAL=False, **meta)
     return y, final, states, cfg
-
-
-def _lanes_forward(u, delta, z, y, a2t, Df, biasf, bc, initial_state, states, final, cfg, groups, dstate, softplus):
-    """The one-pass forward (gluon.py): y, the final state, and the state entering each of cfg's chunks."""
-    gluon = _gluon_kernels()
-    batch, dim, seqlen = u.shape
-    layouts = gluon.lane_layouts(cfg.block_n, cfg.lanes_warps, cfg.lanes_t_tile, cfg.lanes_spn)
-    block_d = layouts.pop("BLOCK_D")
-    n_dblk = triton.cdiv(dim // groups, block_d)
-    init = _dummy(initial_state, a2t)
-    with device_guard(u):
-        gluon._fwd_lanes_kernel[(batch * groups * n_dblk, 1)](
-            u, delta, _dummy(z, u), y, a2t, _dummy(Df, a2t), _dummy(biasf, a2t), bc, init, states, final,
-            dim, dstate, seqlen, cfg.chunk_len, cfg.n_chunks, cfg.n_chunks, groups, dim // groups, n_dblk,
-            bc.shape[2], *u.stride(), *delta.stride(), *_strides(z), *y.stride(), *_strides(initial_state),
-            HAS_INIT=initial_state is not None, READ_STATES=False, HAS_D=Df is not None, HAS_Z=z is not None,
-            HAS_BIAS=biasf is not None, SOFTPLUS=softplus, BLOCK_D=block_d, BLOCK_N=cfg.block_n,
-            T_TILE=cfg.lanes_t_tile, PHASES=_TUNING.get("lanes_phases", 2), num_warps=cfg.lanes_warps, **layouts,
-            **LAUNCH_OPTIONS,
-        )
 
 
 def scan_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states, cfg, delta_softplus, dy, dfinal,
