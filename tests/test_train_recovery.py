@@ -280,3 +280,22 @@ def test_a_checkpoint_save_removes_the_partial_file_of_a_killed_one(tmp_path):
     AtomicCheckpointIO().save_checkpoint({"global_step": 7}, path)
     assert {p.name for p in path.parent.iterdir()} == {"last.ckpt", running.name}
     assert torch.load(path, weights_only=True)["global_step"] == 7
+
+
+def test_a_failed_write_of_the_run_record_keeps_the_old_one_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from dna_mamba.lit.resume import record_settings
+
+    record_settings(tmp_path, "model: tiny\n")
+    write_text = Path.write_text
+
+    def disk_full(self, *args, **kwargs):
+        write_text(self, "model: sm")  # half of the new record reaches the disk, then the write fails
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        record_settings(tmp_path, "model: small\n")
+    assert (tmp_path / "config.yaml").read_text() == "model: tiny\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

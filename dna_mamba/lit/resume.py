@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -17,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from dna_mamba.data.store import file_fingerprint
+from dna_mamba.outputs import atomic_output
 
 
 @dataclass
@@ -92,10 +92,8 @@ def record_settings(out_dir: Path, settings: str | None) -> None:
     """
     if settings is None:
         return
-    path = out_dir / "config.yaml"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(settings)
-    os.replace(tmp, path)
+    with atomic_output(out_dir / "config.yaml") as tmp:
+        tmp.write_text(settings)
 
 
 def check_same_data(point: ResumePoint, data: dict) -> None:
@@ -242,12 +240,10 @@ class _ContinuedWriter(ExperimentWriter):
             reader = csv.DictReader(f)
             header = list(reader.fieldnames or [])
             rows = [row for row in reader if int(row.get("step") or 0) < self.resume_step]
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
+        with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=header)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
         self.metrics_keys = header  # later saves append under this header, or rewrite the file when keys are new
 
 

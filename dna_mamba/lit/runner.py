@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from dna_mamba.lit.resume import (
 )
 from dna_mamba.model import DnaMambaConfig, DnaMambaLM, fused_block, save_pretrained
 from dna_mamba.model.io import load_weights
+from dna_mamba.outputs import atomic_output
 
 
 @dataclass
@@ -388,9 +388,8 @@ def run_pretraining(
                     module.model.float()
                     model_dir = save_pretrained(module.model, out_dir / "model", extra_metadata=metadata)
                 summary["model_dir"] = str(model_dir)
-            tmp = out_dir / f".summary.json.tmp-{os.getpid()}"
-            tmp.write_text(json.dumps(summary, indent=2) + "\n")
-            os.replace(tmp, out_dir / "summary.json")
+            with atomic_output(out_dir / "summary.json") as tmp:
+                tmp.write_text(json.dumps(summary, indent=2) + "\n")
             _print_summary(summary)
         return summary
     except (KeyboardInterrupt, SystemExit) as err:

@@ -45,7 +45,7 @@ from dna_mamba.data.splits import Segment, add_tail_split
 from dna_mamba.data.store import INDEX_NAME as STORE_INDEX_NAME
 from dna_mamba.data.store import GenomeStore, StoreError, build_store
 from dna_mamba.data.windows import plan_windows
-from dna_mamba.outputs import remove_stale_work_dirs, work_dir_target
+from dna_mamba.outputs import atomic_output, remove_stale_work_dirs, work_dir_target
 from dna_mamba.species.manifest import PARTS, GenomeEntry, Manifest, ManifestError, read_manifest
 from dna_mamba.tokenizer import reverse_complement
 
@@ -596,9 +596,8 @@ def prepare_species(manifest: Manifest | str | os.PathLike, out_dir: str | os.Pa
             for g, parts, digest in zip(manifest.genomes, segments, digests, strict=True)
         ],
     }
-    tmp = out / f".{INDEX_NAME}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, out / INDEX_NAME)
+    with atomic_output(out / INDEX_NAME) as tmp:
+        tmp.write_text(json.dumps(index, indent=1) + "\n")
     return SpeciesDataset.open(out)
 
 
