@@ -109,22 +109,32 @@ def make_work_dir(target: PathLike) -> Path:
         return path
 
 
-def install_work_dir(tmp: PathLike, target: PathLike) -> None:
+def install_work_dir(tmp: PathLike, target: PathLike, keep_concurrent: bool = False) -> None:
     """Put a directory built in ``tmp`` (:func:`make_work_dir`) in place of ``target``, with the modes of new files
     (:func:`apply_umask`). Readers see the old directory or the new one, never a mixture; an existing ``target`` is
-    moved aside first (a rename cannot replace a non-empty directory) and put back if the swap fails."""
+    moved aside first (a rename cannot replace a non-empty directory) and put back if the swap fails.
+
+    ``keep_concurrent``: when another process installs ``target`` between the two renames, theirs stands and ``tmp``
+    is dropped (a cache that any builder may fill: the genome store). Otherwise that is an error.
+    """
     tmp, target = Path(tmp), Path(target)
     apply_umask(tmp)  # some writers make owner-only files (safetensors: 0o600); an output is shared like any other
-    if not target.exists():
-        os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)  # atomic when target is absent or an empty directory
         return
+    except OSError:
+        if not target.exists():
+            raise
     backup = work_dir_name(target, "old")
     os.replace(target, backup)
     try:
         os.replace(tmp, target)
     except OSError:
-        os.replace(backup, target)
-        raise
+        if keep_concurrent and target.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(backup, target)
+            raise
     shutil.rmtree(backup, ignore_errors=True)
 
 

@@ -402,3 +402,26 @@ def test_prepare_exits_quietly_when_its_reader_stops(tmp_path: Path) -> None:
         os.close(write_end)
     assert result.stderr == "" and result.returncode == 0
     assert GenomeStore.open(tmp_path / "s").names == ["chr1", "chr2"]
+
+
+def test_a_store_another_process_installs_during_the_swap_stands(tmp_path, monkeypatch):
+    """install_work_dir(keep_concurrent=True), as build_store calls it: a concurrent builder's store that appears
+    between moving the old one aside and renaming ours in is kept; ours and the old one are removed."""
+    from dna_mamba import outputs
+
+    target, tmp = tmp_path / "store", tmp_path / ".store.tmp-build"
+    for directory, text in ((target, "old"), (tmp, "ours")):
+        directory.mkdir()
+        (directory / "index.json").write_text(text)
+    real_replace = os.replace
+
+    def racing_replace(src, dst):
+        if Path(src) == tmp and not Path(dst).exists():  # the old store is aside: another builder gets in first
+            Path(dst).mkdir()
+            (Path(dst) / "index.json").write_text("theirs")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(outputs.os, "replace", racing_replace)
+    outputs.install_work_dir(tmp, target, keep_concurrent=True)
+    assert (target / "index.json").read_text() == "theirs"
+    assert [p.name for p in tmp_path.iterdir()] == ["store"]

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from dna_mamba.data.fasta import DEFAULT_BLOCK_SIZE, FastaFormatError, detect_compression, iter_fasta_chunks
 from dna_mamba.genomics import canonical_contig_name
-from dna_mamba.outputs import apply_umask, is_work_dir, make_work_dir, remove_stale_work_dirs, work_dir_name
+from dna_mamba.outputs import install_work_dir, is_work_dir, make_work_dir, remove_stale_work_dirs
 from dna_mamba.tokenizer import N
 
 INDEX_NAME = "index.json"
@@ -341,8 +341,8 @@ def build_store(fasta_paths: PathLike | Sequence[PathLike], out_dir: PathLike, *
         index = {"format": STORE_FORMAT, "version": STORE_VERSION, "sources": [asdict(s) for s in sources],
                  "contigs": [asdict(c) for c in contigs]}
         (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1))
-        apply_umask(tmp)  # the modes of any new file and folder, whatever the writers chose
-        _install(tmp, out_dir)
+        # Readers see the old store or the new one; a store another process installed meanwhile stands.
+        install_work_dir(tmp, out_dir, keep_concurrent=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -513,23 +513,3 @@ def _looks_like_store(directory: Path) -> bool:
         return False
 
 
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Move a finished store into place. Readers see the old store or the new one, never a mixture."""
-    try:
-        os.rename(tmp, out_dir)  # atomic when out_dir is absent or an empty directory
-        return
-    except OSError:
-        if not out_dir.exists():
-            raise
-    # Replace an existing store: move it aside first (rename cannot replace a non-empty directory).
-    old = work_dir_name(out_dir, "old")
-    os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except OSError:
-        if out_dir.exists():  # another process installed a store meanwhile; theirs stands
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            os.rename(old, out_dir)
-            raise
-    shutil.rmtree(old, ignore_errors=True)
